@@ -1,0 +1,210 @@
+"""The one settings object that every command reads and writes (`config.json` in a run directory)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from keras_unet import __version__
+from keras_unet.errors import ConfigError
+
+DEFAULT_DATA_DIR = "data/sample"
+LOSSES = ("bce_dice", "dice", "focal_tversky")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+UPSAMPLING = ("transpose", "bilinear")
+NORMALIZATIONS = ("percentile", "minmax", "none")
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the U-Net."""
+
+    depth: int = 4
+    base_filters: int = 16
+    batch_norm: bool = True
+    dropout: float = 0.0
+    upsampling: str = "transpose"
+
+
+@dataclass
+class NormalizationConfig:
+    """How each image's intensities are mapped to [0, 1], in training and inference alike."""
+
+    method: str = "percentile"
+    low: float = 1.0  # percentile mapped to 0
+    high: float = 99.0  # percentile mapped to 1
+    sample_grid: int = 256  # percentiles are read on a strided grid of about this many pixels a side
+
+
+@dataclass
+class AugmentConfig:
+    """On-the-fly augmentation strengths (0 switches one off)."""
+
+    enabled: bool = True
+    rotation: float = 10.0  # degrees, +-
+    scale: float = 0.10  # relative, +-
+    shift: float = 0.05  # fraction of the image size, +-
+    brightness: float = 0.10  # added, +-
+    contrast: float = 0.20  # relative, +-
+    gamma: float = 0.20  # log-uniform range of the exponent, +-
+    noise: float = 0.02  # standard deviation of Gaussian noise, at most
+    flip: bool = True  # horizontal flip, only when every left_*/right_* class has its partner
+
+
+@dataclass
+class PostprocessConfig:
+    """Mask clean-up applied by evaluate and predict."""
+
+    enabled: bool = True
+    threshold: float = 0.5
+    thresholds: dict = field(default_factory=dict)  # per-class override: {class: threshold}
+    keep_largest: dict = field(default_factory=dict)  # {class: N}; absent = keep all components
+    min_area: int = 0  # components below this many pixels (of the original image) are dropped
+    fill_holes: bool = True
+    tta: bool = True  # average with the horizontal flip (left/right classes swapped)
+
+
+@dataclass
+class Config:
+    """Every setting of a run; command-line flags override a config file, which overrides defaults."""
+
+    data: str = DEFAULT_DATA_DIR
+    classes: list = field(default_factory=list)  # empty: labels.txt in the data folder, else all labels found
+    image_size: int = 256
+    batch_size: int = 8
+    epochs: int = 40
+    learning_rate: float = 2e-3
+    loss: str = "bce_dice"
+    out: str = "runs/unet"
+    seed: int = 0
+    precision: str = "auto"
+    val_fraction: float = 0.2
+    line_width: int = 3  # pixels, for line and linestrip shapes
+    early_stopping: int = 15  # patience in epochs; 0 switches it off
+    cache_dir: str = ""  # empty: ~/.cache/keras_unet (or $KERAS_UNET_CACHE)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    version: str = __version__
+
+    def validate(self) -> "Config":
+        """Raise ConfigError on the first setting that cannot work."""
+        checks = [
+            (self.image_size >= 2 ** self.model.depth and self.image_size % 2 ** self.model.depth == 0,
+             f"image_size {self.image_size} must be a multiple of 2**depth = {2 ** self.model.depth}"),
+            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}"),
+            (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
+            (0.0 < self.val_fraction < 1.0, f"val_fraction must be between 0 and 1, got {self.val_fraction}"),
+            (self.model.depth >= 1, f"model.depth must be at least 1, got {self.model.depth}"),
+            (self.model.base_filters >= 1, f"model.base_filters must be at least 1, got {self.model.base_filters}"),
+            (0.0 <= self.model.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.model.dropout}"),
+            (self.model.upsampling in UPSAMPLING, f"model.upsampling must be one of {', '.join(UPSAMPLING)}"),
+            (self.normalization.method in NORMALIZATIONS,
+             f"normalization.method must be one of {', '.join(NORMALIZATIONS)}"),
+            (0.0 <= self.normalization.low < self.normalization.high <= 100.0,
+             "normalization percentiles must satisfy 0 <= low < high <= 100"),
+            (len(set(self.classes)) == len(self.classes), f"classes repeat a name: {self.classes}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+    def to_dict(self) -> dict:
+        """Plain nested dict, JSON-ready."""
+        return dataclasses.asdict(self)
+
+    def save(self, path) -> None:
+        """Write as JSON, atomically."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+        tmp.replace(path)
+
+
+_SECTIONS = {
+    "model": ModelConfig,
+    "normalization": NormalizationConfig,
+    "augment": AugmentConfig,
+    "postprocess": PostprocessConfig,
+}
+
+
+def _build(cls, values: dict, where: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+    kwargs = {}
+    for key, value in values.items():
+        if cls is Config and key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {key} must be a mapping")
+            value = _build(_SECTIONS[key], value, f"{where}: {key}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict, where: str = "config") -> Config:
+    """Build a Config from a nested dict, rejecting unknown keys."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings")
+    return _build(Config, values, where)
+
+
+def merge(config: Config, overrides: dict) -> Config:
+    """Return a copy of config with dotted-key overrides applied ({'model.depth': 3, 'epochs': 5})."""
+    values = config.to_dict()
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        target = values
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return config_from_dict(values, "settings")
+
+
+def load_config(path) -> Config:
+    """Read a YAML or JSON config file (a run's config.json too)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            values = json.loads(text)
+    except Exception as exc:  # yaml and json raise different types
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{path}: not valid {'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'} ({first})") from None
+    return config_from_dict(values, str(path))
+
+
+def flip_permutation(classes) -> list | None:
+    """Channel order after a horizontal flip (left_* <-> right_* swapped), or None when a pair is incomplete."""
+    classes = list(classes)
+    index = {name: i for i, name in enumerate(classes)}
+    perm = []
+    for name in classes:
+        if name.startswith("left_"):
+            partner = "right_" + name[len("left_"):]
+        elif name.startswith("right_"):
+            partner = "left_" + name[len("right_"):]
+        else:
+            partner = name
+        if partner not in index:
+            return None
+        perm.append(index[partner])
+    return perm

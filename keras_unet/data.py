@@ -1,0 +1,164 @@
+"""tf.data input pipeline: decode, normalise, letterbox, augment on the fly, batch, prefetch."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from keras_unet.config import flip_permutation
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def split_samples(samples, val_fraction: float, seed: int):
+    """Deterministic (train, val) split of a sample list: a seeded shuffle, at least one image on each side."""
+    samples = sorted(samples, key=lambda s: s.stem)
+    if len(samples) < 2:
+        return samples, samples
+    order = np.random.default_rng(seed).permutation(len(samples))
+    n_val = min(len(samples) - 1, max(1, int(round(len(samples) * val_fraction))))
+    val = sorted((samples[i] for i in order[:n_val]), key=lambda s: s.stem)
+    train = sorted((samples[i] for i in order[n_val:]), key=lambda s: s.stem)
+    return train, val
+
+
+def decode_gray(path):
+    """Read a single-channel PNG (8 or 16 bit) as float32 (H, W, 1) on the 16-bit scale."""
+    return tf.cast(tf.io.decode_png(tf.io.read_file(path), channels=1, dtype=tf.uint16), tf.float32)
+
+
+def intensity_window(image, normalization):
+    """(low, high) intensities of the normalisation, as preprocess.intensity_window computes them."""
+    if normalization.method == "none":
+        return tf.constant(0.0), tf.constant(65535.0)
+    shape = tf.shape(image)
+    step = tf.maximum(1, tf.maximum(shape[0], shape[1]) // max(normalization.sample_grid, 1))
+    sample = tf.sort(tf.reshape(image[::step, ::step], [-1]))
+    if normalization.method == "minmax":
+        return sample[0], sample[-1]
+    n = tf.cast(tf.size(sample) - 1, tf.float64)
+
+    def at(q):
+        return sample[tf.cast(tf.floor(q / 100.0 * n + 0.5), tf.int32)]
+
+    return at(normalization.low), at(normalization.high)
+
+
+def normalize(image, normalization):
+    """Float image to [0, 1] by the run's normalisation."""
+    lo, hi = intensity_window(image, normalization)
+    return tf.clip_by_value((image - lo) / tf.maximum(hi - lo, 1e-6), 0.0, 1.0)
+
+
+def letterbox(array, size: int):
+    """Resize (H, W, C) keeping the aspect ratio (area when shrinking, bilinear when enlarging) and zero-pad."""
+    shape = tf.shape(array)
+    h, w = shape[0], shape[1]
+    scale = size / tf.cast(tf.maximum(h, w), tf.float64)
+    nh = tf.maximum(1, tf.cast(tf.round(tf.cast(h, tf.float64) * scale), tf.int32))
+    nw = tf.maximum(1, tf.cast(tf.round(tf.cast(w, tf.float64) * scale), tf.int32))
+    shrinking = nh * nw < h * w
+    resized = tf.cond(shrinking,
+                      lambda: tf.image.resize(array, [nh, nw], method="area"),
+                      lambda: tf.image.resize(array, [nh, nw], method="bilinear"))
+    top, left = (size - nh) // 2, (size - nw) // 2
+    return tf.image.pad_to_bounding_box(resized, top, left, size, size)
+
+
+def load_example(image_path, mask_paths, config):
+    """One (image, masks) pair at network size: image (S, S, 1) in [0, 1], masks (S, S, C) in [0, 1]."""
+    image = normalize(decode_gray(image_path), config.normalization)
+    masks = [tf.cast(tf.io.decode_png(tf.io.read_file(mask_paths[c]), channels=1), tf.float32) / 255.0
+             for c in range(len(config.classes))]
+    stacked = tf.concat([image] + masks, axis=-1)
+    stacked = letterbox(stacked, config.image_size)
+    size = config.image_size
+    stacked = tf.ensure_shape(stacked, [size, size, 1 + len(config.classes)])
+    return stacked[..., :1], stacked[..., 1:]
+
+
+def _uniform(seed, index, low, high):
+    return tf.random.stateless_uniform([], seed=tf.stack([seed, tf.constant(index, tf.int64)]),
+                                       minval=low, maxval=high)
+
+
+def affine_matrix(seed, config):
+    """Random rotation, scale and shift as the 8-vector tf.raw_ops.ImageProjectiveTransformV3 takes."""
+    a = config.augment
+    size = float(config.image_size)
+    angle = _uniform(seed, 0, -a.rotation, a.rotation) * (math.pi / 180.0)
+    scale = _uniform(seed, 1, 1.0 - a.scale, 1.0 + a.scale)
+    tx = _uniform(seed, 2, -a.shift, a.shift) * size
+    ty = _uniform(seed, 3, -a.shift, a.shift) * size
+    c = (size - 1.0) / 2.0
+    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+    # output pixel (x, y) samples the input at R/s (p - c - t) + c
+    x0 = c - cos * (c + tx) + sin * (c + ty)
+    y0 = c - sin * (c + tx) - cos * (c + ty)
+    return tf.stack([cos, -sin, x0, sin, cos, y0, 0.0, 0.0])
+
+
+def augment_example(image, masks, seed, config, flip_perm):
+    """Random geometry (shared by image and masks), left/right flip with class swap, and intensity changes."""
+    a = config.augment
+    size = config.image_size
+    stacked = tf.concat([image, masks], axis=-1)
+    if a.rotation or a.scale or a.shift:
+        stacked = tf.raw_ops.ImageProjectiveTransformV3(
+            images=stacked[None], transforms=affine_matrix(seed, config)[None],
+            output_shape=tf.constant([size, size]), fill_value=0.0,
+            interpolation="BILINEAR", fill_mode="CONSTANT")[0]
+    image, masks = stacked[..., :1], stacked[..., 1:]
+    if flip_perm is not None:
+        flip = _uniform(seed, 4, 0.0, 1.0) < 0.5
+        image = tf.where(flip, image[:, ::-1], image)
+        masks = tf.where(flip, tf.gather(masks[:, ::-1], flip_perm, axis=-1), masks)
+    if a.contrast:
+        mean = tf.reduce_mean(image)
+        image = (image - mean) * _uniform(seed, 5, 1.0 - a.contrast, 1.0 + a.contrast) + mean
+    if a.brightness:
+        image = image + _uniform(seed, 6, -a.brightness, a.brightness)
+    image = tf.clip_by_value(image, 0.0, 1.0)
+    if a.gamma:
+        image = tf.pow(image, tf.exp(_uniform(seed, 7, -a.gamma, a.gamma)))
+    if a.noise:
+        sigma = _uniform(seed, 8, 0.0, a.noise)
+        noise_seed = tf.stack([seed, tf.constant(9, tf.int64)])
+        image = image + sigma * tf.random.stateless_normal(tf.shape(image), seed=noise_seed)
+    image = tf.clip_by_value(image, 0.0, 1.0)
+    return tf.ensure_shape(image, [size, size, 1]), tf.ensure_shape(masks, [size, size, len(config.classes)])
+
+
+def flip_for(config):
+    """Channel permutation for the flip augmentation, or None when flipping is off or unsafe for the classes."""
+    if not (config.augment.enabled and config.augment.flip):
+        return None
+    return flip_permutation(config.classes)
+
+
+def make_dataset(samples, config, training: bool, batch_size: int | None = None,
+                 cache: bool = True) -> tf.data.Dataset:
+    """Batched (image, masks) dataset; training adds shuffling and augmentation."""
+    if not samples:
+        raise ValueError("no samples to build a dataset from")
+    image_paths = [str(s.image_path) for s in samples]
+    mask_paths = [[str(p) for p in s.mask_paths] for s in samples]
+    ds = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths))
+    ds = ds.map(lambda i, m: load_example(i, m, config), num_parallel_calls=AUTOTUNE, deterministic=True)
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(len(samples), seed=config.seed, reshuffle_each_iteration=True)
+        if config.augment.enabled:
+            perm = flip_for(config)
+            perm = None if perm is None else tf.constant(perm, tf.int32)
+            seeds = tf.data.Dataset.random(seed=config.seed, rerandomize_each_iteration=True)
+            ds = tf.data.Dataset.zip((ds, seeds))
+            ds = ds.map(lambda pair, s: augment_example(pair[0], pair[1], s, config, perm),
+                        num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size or config.batch_size, drop_remainder=False)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).prefetch(AUTOTUNE)

@@ -1,0 +1,123 @@
+"""Turn predicted probabilities into clean binary masks, count their components, and trace them as polygons.
+
+Foreground components are 8-connected (pixels touching at a corner belong together); background is therefore
+4-connected, so a hole is a region of background that no 4-connected path joins to the image border.
+Masks come back as uint8 arrays of 0 and 1.
+
+Polygons (`mask_to_polygons`, for Labelme export) trace the outer boundary pixel centres of each component
+(cv2.findContours, RETR_EXTERNAL) and simplify them with cv2.approxPolyDP (epsilon in pixels, 0 = none).
+Holes are not traced: rasterising the polygons fills them, as does `fill_holes`. A component that simplifies to
+fewer than 3 vertices (a line or a dot) is dropped, as are components below min_area pixels. Rasterised back
+with cv2.fillPoly(mask, [np.round(p).astype(np.int32)], 1), hole-free blob-like masks come back with Dice of
+about 0.99 at epsilon 0.5 (exactly, bar dropped small components, at epsilon 0).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from keras_unet.errors import ConfigError
+
+
+def _mask2d(mask) -> np.ndarray:
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"expected a 2-D mask, got shape {m.shape}")
+    return (m > 0).astype(np.uint8)
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Label image and per-label areas (index 0 is the background) of 8-connected components."""
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    return labels, stats[:, cv2.CC_STAT_AREA]
+
+
+def threshold(probs, thresholds) -> np.ndarray:
+    """Binary uint8 masks of the pixels strictly above the threshold, one value or one per channel (last axis)."""
+    p = np.asarray(probs, dtype=np.float32)
+    t = np.asarray(thresholds, dtype=np.float32)
+    if t.ndim > 1 or (t.ndim == 1 and (p.ndim < 3 or t.shape[0] != p.shape[-1])):
+        raise ValueError(f"{t.size} threshold(s) do not fit probabilities of shape {p.shape}")
+    return (p > t).astype(np.uint8)
+
+
+def count_components(mask) -> int:
+    """Number of 8-connected foreground components of a 2-D mask."""
+    return int(cv2.connectedComponents(_mask2d(mask), connectivity=8)[0]) - 1
+
+
+def stray_components(mask, expected: int) -> int:
+    """How many components a 2-D mask has beyond the expected count (0 when it has no more)."""
+    return max(0, count_components(mask) - int(expected))
+
+
+def remove_small(mask, min_area: int) -> np.ndarray:
+    """2-D mask without the components of fewer than min_area pixels."""
+    m = _mask2d(mask)
+    if min_area <= 1:
+        return m
+    labels, areas = _components(m)
+    keep = areas >= min_area
+    keep[0] = False
+    return keep[labels].astype(np.uint8)
+
+
+def keep_largest(mask, n: int) -> np.ndarray:
+    """2-D mask with only its n largest components (ties: the one met first in raster order wins)."""
+    m = _mask2d(mask)
+    labels, areas = _components(m)
+    order = np.argsort(-areas[1:], kind="stable") + 1
+    keep = np.zeros(len(areas), dtype=bool)
+    keep[order[:max(0, int(n))]] = True
+    return keep[labels].astype(np.uint8)
+
+
+def fill_holes(mask) -> np.ndarray:
+    """2-D mask with every hole filled: background not 4-connected to the image border becomes foreground."""
+    m = _mask2d(mask)
+    background = np.pad(1 - m, 1, constant_values=1)
+    _, labels = cv2.connectedComponents(background, connectivity=4)
+    outside = labels[1:-1, 1:-1] == labels[0, 0]
+    return (~outside).astype(np.uint8)
+
+
+def _per_class(setting: dict, classes: list, what: str) -> dict:
+    unknown = sorted(set(setting) - set(classes))
+    if unknown:
+        raise ConfigError(f"postprocess.{what} names class(es) {', '.join(map(str, unknown))} "
+                          f"not among {', '.join(map(str, classes))}")
+    return setting
+
+
+def clean_masks(probs, classes, settings) -> np.ndarray:
+    """(H, W, C) uint8 0/1 masks from probabilities: threshold, then (when enabled) drop small, keep largest, fill."""
+    p = np.asarray(probs)
+    classes = list(classes)
+    if p.ndim != 3 or p.shape[-1] != len(classes):
+        raise ValueError(f"probabilities of shape {p.shape} do not match {len(classes)} class(es)")
+    thresholds = _per_class(dict(settings.thresholds or {}), classes, "thresholds")
+    largest = _per_class(dict(settings.keep_largest or {}), classes, "keep_largest")
+    masks = threshold(p, [float(thresholds.get(name, settings.threshold)) for name in classes])
+    if not settings.enabled:
+        return masks
+    for c, name in enumerate(classes):
+        m = remove_small(masks[..., c], int(settings.min_area or 0))
+        if name in largest:
+            m = keep_largest(m, int(largest[name]))
+        if settings.fill_holes:
+            m = fill_holes(m)
+        masks[..., c] = m
+    return masks
+
+
+def mask_to_polygons(mask, min_area: int = 10, epsilon: float = 0.5) -> list[np.ndarray]:
+    """Outer outlines of a 2-D mask's components as (N, 2) float x, y polygons, holes ignored (filled)."""
+    m = remove_small(mask, min_area)
+    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    polygons = []
+    for contour in contours:
+        simple = cv2.approxPolyDP(contour, epsilon, True) if epsilon > 0 else contour
+        if len(simple) >= 3:
+            polygons.append(simple.reshape(-1, 2).astype(np.float64))
+    return polygons
