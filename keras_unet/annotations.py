@@ -1,0 +1,384 @@
+"""Read and write Labelme JSON annotations (versions 3.x to 5.x) as plain data (numpy + OpenCV only)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import cv2
+import numpy as np
+
+from keras_unet import images
+from keras_unet.errors import ConfigError, DataError
+
+LABELME_VERSION = "5.4.1"
+SHAPE_TYPES = ("polygon", "rectangle", "circle", "line", "linestrip", "point", "points", "mask")
+IGNORED_LABELS = ("__ignore__", "_background_")  # labelme's labels.txt conventions, never classes
+MIN_POINTS = {"polygon": 3, "rectangle": 2, "circle": 2, "line": 2, "linestrip": 2, "point": 1, "points": 1, "mask": 2}
+
+
+@dataclass(frozen=True, eq=False)
+class Shape:
+    """One Labelme shape; points are (N, 2) float64 x, y in pixels (integers are pixel centres)."""
+
+    label: str
+    shape_type: str
+    points: np.ndarray
+    mask: np.ndarray | None = None  # bool (h, w), for shape_type 'mask': the box at points[0] .. points[1]
+    group_id: int | None = None
+
+    def __eq__(self, other):
+        if not isinstance(other, Shape):
+            return NotImplemented
+        return (
+            (self.label, self.shape_type, self.group_id) == (other.label, other.shape_type, other.group_id)
+            and np.array_equal(self.points, other.points)
+            and (self.mask is None) == (other.mask is None)
+            and (self.mask is None or np.array_equal(self.mask, other.mask))
+        )
+
+
+@dataclass
+class Annotation:
+    """A parsed Labelme file: where its image is, its declared size, and its shapes."""
+
+    json_path: Path
+    image_path: Path | None
+    image_data: bytes | None
+    height: int
+    width: int
+    shapes: list[Shape]
+    outside_data_dir: bool = False  # the image file lies outside the data folder given to read_labelme
+    version: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_labelme(json_path, data_dir=None) -> Annotation:
+    """Parse a Labelme JSON file into an Annotation, raising DataError for anything unusable."""
+    json_path = Path(json_path)
+    document = _load_json(json_path)
+    warnings: list[str] = []
+    image_data = _image_data(document, json_path)
+    image_path = _image_path(document, json_path, warnings, need_file=image_data is None)
+    if image_data is None and image_path is None:
+        raise DataError(json_path, "has neither imageData nor imagePath: cannot find its image")
+    shapes = [_parse_shape(raw, index, json_path, warnings) for index, raw in enumerate(document["shapes"])]
+    height, width = _declared_size(document, json_path)
+    if height is None:
+        if image_data is not None:
+            height, width = images.image_size(image_data, json_path)
+        else:
+            height, width = images.image_size(images.read_bytes(image_path), image_path)
+    outside = False
+    if data_dir is not None and image_data is None and image_path is not None:
+        outside = not _is_inside(image_path, Path(data_dir))
+    version = document.get("version")
+    return Annotation(
+        json_path=json_path,
+        image_path=image_path,
+        image_data=image_data,
+        height=height,
+        width=width,
+        shapes=shapes,
+        outside_data_dir=outside,
+        version=str(version) if version is not None else "",
+        warnings=warnings,
+    )
+
+
+def load_image(annotation: Annotation) -> np.ndarray:
+    """The annotation's image as a 2-D grayscale array, checked against the annotation's size."""
+    if annotation.image_data is not None:
+        image = images.decode_image(annotation.image_data, annotation.json_path)
+    elif annotation.image_path is not None:
+        image = images.read_image(annotation.image_path)
+    else:
+        raise DataError(annotation.json_path, "has neither imageData nor imagePath: cannot find its image")
+    _check_size(annotation, image.shape[0], image.shape[1])
+    return image
+
+
+def check_image_size(annotation: Annotation) -> None:
+    """Raise DataError when the image's header size differs from the annotation's, without decoding."""
+    if annotation.image_data is not None:
+        height, width = images.image_size(annotation.image_data, annotation.json_path)
+    elif annotation.image_path is not None:
+        height, width = images.image_size(images.read_bytes(annotation.image_path), annotation.image_path)
+    else:
+        raise DataError(annotation.json_path, "has neither imageData nor imagePath: cannot find its image")
+    _check_size(annotation, height, width)
+
+
+def find_annotations(data_dir) -> list[Path]:
+    """Sorted Labelme JSON files under a folder, recursively, skipping hidden folders and `masks` folders."""
+    data_dir = Path(data_dir)
+    found = _walk_json(data_dir)
+    if not found:
+        raise DataError(data_dir, "no Labelme .json files found in this folder or its subfolders")
+    return found
+
+
+def read_class_list(path) -> list[str]:
+    """Class names from a labels.txt: one per line, without blanks, # comments, __ignore__ and _background_."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(path, f"cannot read the class list ({error})") from None
+    classes: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        name = line.strip()
+        if not name or name.startswith("#") or name in IGNORED_LABELS:
+            continue
+        if name in classes:
+            raise DataError(path, f"line {number}: class {name!r} is listed twice")
+        classes.append(name)
+    if not classes:
+        raise DataError(path, "lists no classes")
+    return classes
+
+
+def resolve_classes(classes, data_dir) -> list[str]:
+    """The class list: given explicitly (list or 'a,b'), else data_dir/labels.txt, else every label found."""
+    if isinstance(classes, str):
+        classes = classes.split(",")
+    explicit = [str(name).strip() for name in classes or () if str(name).strip()]
+    if explicit:
+        repeated = sorted({name for name in explicit if explicit.count(name) > 1})
+        if repeated:
+            raise ConfigError(f"classes repeat a name: {', '.join(repeated)}")
+        return explicit
+    data_dir = Path(data_dir)
+    labels_txt = data_dir / "labels.txt"
+    if labels_txt.is_file():
+        return read_class_list(labels_txt)
+    if not data_dir.is_dir():
+        raise DataError(data_dir, "folder not found")
+    json_files = _walk_json(data_dir)
+    if json_files:
+        found = {shape.label for path in json_files for shape in _read_shapes_only(path)}
+        found -= set(IGNORED_LABELS)
+        if not found:
+            raise DataError(data_dir, "the annotations hold no labelled shapes: cannot infer the classes")
+        return sorted(found)
+    masks = data_dir / "masks"
+    if masks.is_dir():
+        found = sorted(p.name for p in masks.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if found:
+            return found
+    raise DataError(data_dir, "no labels.txt, no Labelme .json files and no masks/<class>/ folders: no classes")
+
+
+def labelme_document(shapes, image_path: str, height: int, width: int, image_data: bytes | None = None) -> dict:
+    """A Labelme 5 JSON document (a dict) holding shapes, e.g. predicted polygons, for an image."""
+    out = []
+    for shape in shapes:
+        if isinstance(shape, Shape):
+            label, shape_type, points = shape.label, shape.shape_type, shape.points
+            group_id, mask = shape.group_id, shape.mask
+        else:
+            label, points = shape["label"], shape["points"]
+            shape_type = shape.get("shape_type") or "polygon"
+            group_id, mask = shape.get("group_id"), shape.get("mask")
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        out.append(
+            {
+                "label": str(label),
+                "points": [[float(x), float(y)] for x, y in points],
+                "group_id": None if group_id is None else int(group_id),
+                "description": "",
+                "shape_type": shape_type,
+                "flags": {},
+                "mask": None if mask is None else _mask_to_base64(mask),
+            }
+        )
+    return {
+        "version": LABELME_VERSION,
+        "flags": {},
+        "shapes": out,
+        "imagePath": str(image_path),
+        "imageData": None if image_data is None else base64.b64encode(image_data).decode("ascii"),
+        "imageHeight": int(height),
+        "imageWidth": int(width),
+    }
+
+
+def write_labelme(path, document: dict) -> None:
+    """Write a Labelme JSON document atomically (UTF-8, indented as Labelme does)."""
+    text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)
+    images.write_bytes_atomic(path, (text + "\n").encode("utf-8"), durable=True)
+
+
+# -- parsing helpers ---------------------------------------------------------------------------------
+
+
+def _load_json(json_path: Path) -> dict:
+    raw = images.read_bytes(json_path)
+    try:
+        document = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise DataError(json_path, "not UTF-8 text: not a Labelme JSON file") from None
+    except json.JSONDecodeError as error:
+        raise DataError(json_path, f"malformed JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("shapes"), list):
+        raise DataError(json_path, "not a Labelme annotation (no 'shapes' list)")
+    return document
+
+
+def _read_shapes_only(json_path: Path) -> list[Shape]:
+    document = _load_json(json_path)
+    return [_parse_shape(raw, index, json_path, []) for index, raw in enumerate(document["shapes"])]
+
+
+def _image_data(document: dict, json_path: Path) -> bytes | None:
+    value = document.get("imageData")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise DataError(json_path, "imageData is not a base64 string")
+    try:
+        data = base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise DataError(json_path, "imageData is not valid base64") from None
+    if not data:
+        raise DataError(json_path, "imageData is empty")
+    return data
+
+
+def _image_path(document: dict, json_path: Path, warnings: list[str], need_file: bool) -> Path | None:
+    value = document.get("imagePath")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise DataError(json_path, "imagePath is not a string")
+    folder = json_path.parent
+    if "\\" in value or PureWindowsPath(value).drive:
+        windows = PureWindowsPath(value)
+        relative = not windows.drive and not windows.root
+        candidate = folder.joinpath(*windows.parts) if relative else Path(*windows.parts)
+        name = windows.name
+    else:
+        candidate = folder / value if not PurePosixPath(value).is_absolute() else Path(value)
+        name = PurePosixPath(value).name
+    if need_file and not candidate.is_file():
+        beside = folder / name
+        if name and beside.is_file():
+            warnings.append(f"{json_path}: imagePath {value!r} not found; using {name} beside the JSON")
+            return beside
+    return candidate
+
+
+def _declared_size(document: dict, json_path: Path) -> tuple[int | None, int | None]:
+    height, width = document.get("imageHeight"), document.get("imageWidth")
+    if height is None or width is None:
+        return None, None
+    for name, value in (("imageHeight", height), ("imageWidth", width)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value <= 0:
+            raise DataError(json_path, f"{name} is {value!r}; expected a positive whole number")
+    return int(height), int(width)
+
+
+def _parse_shape(raw, index: int, json_path: Path, warnings: list[str]) -> Shape:
+    if not isinstance(raw, dict):
+        raise DataError(json_path, f"shape {index} is not a JSON object")
+    label = raw.get("label")
+    if not isinstance(label, str) or not label.strip():
+        raise DataError(json_path, f"shape {index} has no label")
+    where = f"shape {index} ({label!r})"
+    shape_type = raw.get("shape_type") or "polygon"  # Labelme 3 files may omit it
+    if shape_type not in SHAPE_TYPES:
+        raise DataError(json_path, f"{where}: unknown shape_type {shape_type!r}")
+    points = _parse_points(raw.get("points"), json_path, where)
+    need = MIN_POINTS[shape_type]
+    if len(points) < need:
+        raise DataError(
+            json_path, f"{where}: a {shape_type} needs at least {need} points, this one has {len(points)}"
+        )
+    if shape_type in ("circle", "mask") and len(points) != 2:
+        raise DataError(json_path, f"{where}: a {shape_type} needs exactly 2 points, this one has {len(points)}")
+    group_id = raw.get("group_id")
+    if group_id is not None and (isinstance(group_id, bool) or not isinstance(group_id, int)):
+        raise DataError(json_path, f"{where}: group_id {group_id!r} is not a whole number")
+    mask = _parse_mask(raw.get("mask"), json_path, where) if shape_type == "mask" else None
+    if mask is not None:
+        (x1, y1), (x2, y2) = np.floor(np.sort(np.array(raw["points"], dtype=np.float64), axis=0)).astype(int)
+        if mask.shape != (y2 - y1 + 1, x2 - x1 + 1):
+            warnings.append(
+                f"{json_path}: {where}: mask is {mask.shape[1]}x{mask.shape[0]} but its box is "
+                f"{x2 - x1 + 1}x{y2 - y1 + 1}; pasted at the box's top-left corner"
+            )
+    points.setflags(write=False)
+    return Shape(label=label, shape_type=shape_type, points=points, mask=mask, group_id=group_id)
+
+
+def _parse_points(value, json_path: Path, where: str) -> np.ndarray:
+    if not isinstance(value, list):
+        raise DataError(json_path, f"{where}: 'points' is not a list")
+    for point in value:
+        if (
+            not isinstance(point, (list, tuple))
+            or len(point) != 2
+            or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in point)
+        ):
+            raise DataError(json_path, f"{where}: point {point!r} is not a pair of numbers [x, y]")
+        if not all(math.isfinite(c) for c in point):
+            raise DataError(json_path, f"{where}: point {point!r} is not finite (NaN or infinity)")
+    return np.array(value, dtype=np.float64).reshape(-1, 2)
+
+
+def _parse_mask(value, json_path: Path, where: str) -> np.ndarray:
+    if not isinstance(value, str) or not value:
+        raise DataError(json_path, f"{where}: a mask shape needs a base64 PNG in 'mask'")
+    try:
+        data = base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise DataError(json_path, f"{where}: 'mask' is not valid base64") from None
+    try:
+        array = images.decode_image(data, json_path)
+    except DataError as error:
+        raise DataError(json_path, f"{where}: 'mask' is not a readable image ({error.problem})") from None
+    mask = array > 0
+    mask.setflags(write=False)
+    return mask
+
+
+def _mask_to_base64(mask) -> str:
+    ok, encoded = cv2.imencode(".png", np.asarray(mask, dtype=bool).astype(np.uint8))
+    if not ok:
+        raise ValueError("OpenCV could not encode the mask as PNG")
+    return base64.b64encode(encoded.tobytes()).decode("ascii")
+
+
+def _check_size(annotation: Annotation, height: int, width: int) -> None:
+    if (height, width) != (annotation.height, annotation.width):
+        where = annotation.image_path if annotation.image_data is None else "the embedded imageData"
+        raise DataError(
+            annotation.json_path,
+            f"image is {width}x{height} but the annotation says {annotation.width}x{annotation.height} ({where})",
+        )
+
+
+def _walk_json(data_dir: Path) -> list[Path]:
+    if not data_dir.exists():
+        raise DataError(data_dir, "folder not found")
+    if not data_dir.is_dir():
+        raise DataError(data_dir, "not a folder")
+    found = []
+    for root, folders, files in os.walk(data_dir):
+        folders[:] = [name for name in folders if not name.startswith(".") and name != "masks"]
+        found.extend(Path(root) / name for name in files if name.lower().endswith(".json") and not name.startswith("."))
+    return sorted(found, key=lambda path: path.relative_to(data_dir).as_posix())
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    try:
+        return Path(os.path.abspath(path)).is_relative_to(Path(os.path.abspath(folder)))
+    except (OSError, ValueError):
+        return False

@@ -1,0 +1,239 @@
+"""Training: run directory, distribution strategy, precision, callbacks, fit, final validation score."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_unet import __version__
+from keras_unet.annotations import resolve_classes
+from keras_unet.config import Config
+from keras_unet.data import flip_for, make_dataset, split_samples
+from keras_unet.errors import ConfigError, KerasUnetError
+from keras_unet.losses import get_loss, segmentation_metrics
+from keras_unet.masks import prepare_samples
+from keras_unet.model import model_from_config
+
+MODEL_FILE = "model.keras"
+BACKUP_DIR = "backup"
+
+
+class TrainingError(KerasUnetError):
+    """Training cannot go on (a NaN loss, say)."""
+
+
+def gpu_count() -> int:
+    """Number of GPUs TensorFlow sees."""
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def resolve_precision(precision: str) -> str:
+    """Concrete dtype policy: 'auto' is mixed_float16 with a GPU, float32 without."""
+    if precision == "auto":
+        return "mixed_float16" if gpu_count() else "float32"
+    return precision
+
+
+def select_strategy() -> tf.distribute.Strategy:
+    """Multi-worker when TF_CONFIG is set, mirrored over several GPUs, else the default one-device strategy."""
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if gpu_count() > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def atomic_save(model: keras.Model, path: Path) -> None:
+    """Save a .keras file through a temporary file and a rename, so no half-written model is ever on disk."""
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keep the model with the best validation score on disk, written atomically."""
+
+    def __init__(self, path: Path, monitor: str = "val_dice", best: float = -math.inf):
+        super().__init__()
+        self.path, self.monitor, self.best = Path(path), monitor, best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None and float(value) > self.best:
+            self.best = float(value)
+            atomic_save(self.model, self.path)
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stop at the first non-finite loss and say what usually causes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.failed_at = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            self.failed_at = batch
+            self.model.stop_training = True
+
+
+def read_history(path: Path) -> list[dict]:
+    """Rows of a CSVLogger history file, numbers as floats."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Loss and Dice per epoch, training and validation, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [int(r["epoch"]) + 1 for r in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key in zip(axes, ("loss", "dice")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            values = [r.get(prefix + key, np.nan) for r in history]
+            ax.plot(epochs, values, style, label=f"{'validation' if prefix else 'training'} {key}")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}")
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def prepare_run_dir(out: Path, config: Config, overwrite: bool) -> bool:
+    """Create the run directory; True when resuming an interrupted run of the same settings."""
+    if out.exists() and any(out.iterdir()):
+        saved = out / "config.json"
+        interrupted = (out / BACKUP_DIR).exists()
+        if overwrite:
+            shutil.rmtree(out)
+        elif interrupted and saved.exists() and _same_run(saved, config):
+            return True
+        elif interrupted:
+            raise ConfigError(f"{out}: holds an interrupted run with other settings; "
+                              "use another --out, or --overwrite to discard it")
+        else:
+            raise ConfigError(f"{out}: run directory already exists; use another --out, or --overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+def _same_run(saved: Path, config: Config) -> bool:
+    try:
+        old = json.loads(saved.read_text())
+    except (OSError, ValueError):
+        return False
+    ignore = {"version"}
+    new = config.to_dict()
+    return {k: v for k, v in old.items() if k not in ignore} == {k: v for k, v in new.items() if k not in ignore}
+
+
+def load_samples(config: Config, log=print):
+    """Training and validation samples: train/ and val/ subfolders when present, else a seeded split."""
+    data = Path(config.data)
+    kwargs = dict(classes=config.classes, cache_dir=config.cache_dir or None, line_width=config.line_width, log=log)
+    if (data / "train").is_dir() and (data / "val").is_dir():
+        return prepare_samples(data / "train", **kwargs), prepare_samples(data / "val", **kwargs)
+    return split_samples(prepare_samples(data, **kwargs), config.val_fraction, config.seed)
+
+
+def compile_model(config: Config, steps_per_epoch: int) -> keras.Model:
+    """The U-Net with its loss, a cosine-decayed Adam and the Dice/IoU metrics."""
+    model = model_from_config(config)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        config.learning_rate, decay_steps=max(1, config.epochs * steps_per_epoch), alpha=0.05)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=get_loss(config.loss),
+                  metrics=segmentation_metrics(config.classes))
+    return model
+
+
+def train(config: Config, overwrite: bool = False, log=print) -> dict:
+    """Train a U-Net as the config says; returns the final validation scores and the run directory."""
+    config.classes = resolve_classes(config.classes, Path(config.data))
+    config.precision = resolve_precision(config.precision)
+    config.validate()
+    out = Path(config.out)
+    resuming = prepare_run_dir(out, config, overwrite)
+    config.save(out / "config.json")
+    log(f"{'resuming' if resuming else 'run'}: {out}  classes: {', '.join(config.classes)}  "
+        f"precision: {config.precision}")
+    if config.augment.enabled and config.augment.flip and flip_for(config) is None:
+        log("note: horizontal flip is off: a left_*/right_* class has no partner in the class list")
+
+    train_samples, val_samples = load_samples(config, log)
+    (out / "split.json").write_text(json.dumps(
+        {"train": [s.stem for s in train_samples], "val": [s.stem for s in val_samples]}, indent=1) + "\n")
+    log(f"{len(train_samples)} training and {len(val_samples)} validation images at {config.image_size} px")
+
+    keras.utils.set_random_seed(config.seed)
+    keras.config.set_dtype_policy(config.precision)
+    try:
+        strategy = select_strategy()
+        steps = math.ceil(len(train_samples) / config.batch_size)
+        with strategy.scope():
+            model = compile_model(config, steps)
+        train_ds = make_dataset(train_samples, config, training=True)
+        val_ds = make_dataset(val_samples, config, training=False)
+        history_path = out / "history.csv"
+        previous = read_history(history_path) if resuming else []
+        best = max((r.get("val_dice", -math.inf) for r in previous), default=-math.inf)
+        nan_guard = StopOnNaN()
+        callbacks = [
+            keras.callbacks.BackupAndRestore(str(out / BACKUP_DIR)),
+            BestCheckpoint(out / MODEL_FILE, best=best),
+            keras.callbacks.CSVLogger(str(history_path), append=resuming),
+            keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0),
+            nan_guard,
+        ]
+        if config.early_stopping:
+            callbacks.append(keras.callbacks.EarlyStopping(
+                monitor="val_dice", mode="max", patience=config.early_stopping, verbose=1))
+        start = time.time()
+        model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks, verbose=2,
+                  shuffle=False)  # the dataset shuffles itself
+        elapsed = time.time() - start
+        if nan_guard.failed_at is not None:
+            raise TrainingError(
+                f"{out}: the loss became NaN/infinite (batch {nan_guard.failed_at}); the learning rate "
+                f"({config.learning_rate}) is likely too high, or the data holds broken images/masks. "
+                "The last good model is kept.")
+        history = read_history(history_path)
+        if history:
+            plot_curves(history, out / "curves.png")
+        best_model = keras.saving.load_model(out / MODEL_FILE, safe_mode=True)
+        scores = best_model.evaluate(val_ds, verbose=0, return_dict=True)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    result = {
+        "run_dir": str(out),
+        "train_seconds": round(elapsed, 1),
+        "val_dice": float(scores["dice"]),
+        "val_iou": float(scores["iou"]),
+        "val_dice_per_class": {c: float(scores.get(f"dice_{c}", scores["dice"])) for c in config.classes},
+        "epochs_run": len(history),
+        "version": __version__,
+    }
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    per_class = ", ".join(f"{c} {v:.3f}" for c, v in result["val_dice_per_class"].items())
+    log(f"validation Dice {result['val_dice']:.3f} ({per_class}); IoU {result['val_iou']:.3f}; "
+        f"{result['epochs_run']} epochs in {elapsed:.0f} s; model: {out / MODEL_FILE}")
+    return result

@@ -1,0 +1,120 @@
+"""A real (tiny) training run end to end: run directory, config, resume, refusal to overwrite, CLI."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import REPO, SAMPLE_DIR
+from keras_unet.config import Config, load_config, merge
+from keras_unet.errors import ConfigError
+from keras_unet.training import prepare_run_dir, resolve_precision, train
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    """Six sample images with their Labelme files."""
+    folder = tmp_path_factory.mktemp("data")
+    for json_path in sorted(SAMPLE_DIR.glob("*.json"))[:6]:
+        shutil.copy(json_path, folder)
+        shutil.copy(json_path.with_suffix(".png"), folder)
+    shutil.copy(SAMPLE_DIR / "labels.txt", folder)
+    return folder
+
+
+def tiny_config(data, out, cache, **overrides):
+    config = Config(data=str(data), out=str(out), cache_dir=str(cache), image_size=64, batch_size=2, epochs=2,
+                    val_fraction=0.34)
+    return merge(config, {"model.depth": 2, "model.base_filters": 4, **overrides})
+
+
+def test_two_epoch_run_writes_a_complete_run_directory(small_data, tmp_path):
+    out = tmp_path / "run"
+    result = train(tiny_config(small_data, out, tmp_path / "cache"), log=lambda *a: None)
+    for name in ("model.keras", "config.json", "history.csv", "curves.png", "metrics.json", "split.json"):
+        assert (out / name).is_file(), name
+    assert (out / "logs").is_dir() and not (out / "backup").exists()
+    saved = load_config(out / "config.json")
+    assert saved.classes == ["left_clavicle", "right_clavicle", "rib"]
+    assert saved.precision == "float32" and saved.normalization.method == "percentile"
+    assert result["epochs_run"] == 2 and 0.0 <= result["val_dice"] <= 1.0
+    assert set(result["val_dice_per_class"]) == set(saved.classes)
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["val"]) == 2 and len(split["train"]) == 4 and not set(split["val"]) & set(split["train"])
+    model = keras.saving.load_model(out / "model.keras", safe_mode=True)
+    assert model.predict(np.zeros((1, 64, 64, 1), "float32"), verbose=0).shape == (1, 64, 64, 3)
+
+
+def test_existing_run_directory_is_not_overwritten(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.keras").write_text("earlier result")
+    with pytest.raises(ConfigError, match="already exists"):
+        prepare_run_dir(out, Config(), overwrite=False)
+    assert (out / "model.keras").read_text() == "earlier result"
+    prepare_run_dir(out, Config(), overwrite=True)
+    assert not (out / "model.keras").exists()
+
+
+def test_interrupted_run_resumes_only_with_same_settings(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "backup").mkdir()
+    Config(epochs=5).save(out / "config.json")
+    assert prepare_run_dir(out, Config(epochs=5), overwrite=False) is True
+    with pytest.raises(ConfigError, match="interrupted run with other settings"):
+        prepare_run_dir(out, Config(epochs=6), overwrite=False)
+
+
+def test_resume_finishes_the_planned_epochs(small_data, tmp_path):
+    out = tmp_path / "run"
+    config = tiny_config(small_data, out, tmp_path / "cache", epochs=3)
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    import keras_unet.training as training
+
+    original = training.keras.callbacks.TensorBoard
+    try:
+        training.keras.callbacks.TensorBoard = lambda *a, **k: Interrupt()
+        with pytest.raises(KeyboardInterrupt):
+            train(config, log=lambda *a: None)
+    finally:
+        training.keras.callbacks.TensorBoard = original
+    assert (out / "backup").exists() and (out / "model.keras").exists()
+    result = train(tiny_config(small_data, out, tmp_path / "cache", epochs=3), log=lambda *a: None)
+    epochs = [int(float(line.split(",")[0])) for line in (out / "history.csv").read_text().splitlines()[1:]]
+    assert epochs == [0, 1, 2] and result["epochs_run"] == 3
+
+
+def test_auto_precision_is_float32_without_gpu():
+    assert resolve_precision("auto") == "float32"
+    assert resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
+
+
+def test_cli_reports_bad_settings_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "train.py", "--image-size", "100", "--out", str(tmp_path / "r")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: image_size 100 must be a multiple of")
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_flags_override_config_file(small_data, tmp_path):
+    cfg = tmp_path / "settings.yaml"
+    cfg.write_text("image_size: 64\nepochs: 1\nbatch_size: 3\nmodel:\n  depth: 2\n  base_filters: 4\n")
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--config", str(cfg), "--data", str(small_data), "--batch-size", "2",
+         "--out", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "cache")],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "validation Dice" in proc.stdout
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["batch_size"] == 2 and saved["epochs"] == 1 and saved["model"]["depth"] == 2

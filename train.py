@@ -1,0 +1,58 @@
+"""Train a U-Net on a Labelme folder (default: the bundled synthetic sample)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from keras_unet.cli import run_main
+from keras_unet.config import LOSSES, PRECISIONS, Config, load_config, merge
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--config", help="YAML or JSON file of settings; flags given here win over it")
+    p.add_argument("--data", help="Labelme folder (or train/ and val/ subfolders); default data/sample")
+    p.add_argument("--classes", help="comma-separated class names; default: labels.txt in --data, else all labels")
+    p.add_argument("--image-size", type=int, help="side of the square network input in pixels (default 256)")
+    p.add_argument("--batch-size", type=int, help="global batch size, over all devices (default 8)")
+    p.add_argument("--epochs", type=int, help="number of epochs (default 40)")
+    p.add_argument("--learning-rate", type=float, help="initial learning rate, cosine-decayed (default 2e-3)")
+    p.add_argument("--loss", choices=LOSSES, help="training loss (default bce_dice)")
+    p.add_argument("--out", help="run directory (default runs/unet)")
+    p.add_argument("--seed", type=int, help="random seed for the split, initialisation and augmentation (default 0)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="auto (default): mixed_float16 with a GPU, float32 without")
+    p.add_argument("--val-fraction", type=float, help="share of images held back for validation (default 0.2)")
+    p.add_argument("--depth", type=int, help="U-Net levels (default 4)")
+    p.add_argument("--base-filters", type=int, help="filters of the first level, doubled per level (default 16)")
+    p.add_argument("--dropout", type=float, help="spatial dropout at the bottleneck (default 0)")
+    p.add_argument("--upsampling", choices=("transpose", "bilinear"), help="decoder upsampling (default transpose)")
+    p.add_argument("--early-stopping", type=int, help="patience in epochs on validation Dice; 0 = off (default 15)")
+    p.add_argument("--no-augment", action="store_true", help="switch augmentation off")
+    p.add_argument("--cache-dir", help="where generated masks are cached (default ~/.cache/keras_unet)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    config = load_config(args.config) if args.config else Config()
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    config = merge(config, {
+        "data": args.data, "classes": classes, "image_size": args.image_size, "batch_size": args.batch_size,
+        "epochs": args.epochs, "learning_rate": args.learning_rate, "loss": args.loss, "out": args.out,
+        "seed": args.seed, "precision": args.precision, "val_fraction": args.val_fraction,
+        "model.depth": args.depth, "model.base_filters": args.base_filters, "model.dropout": args.dropout,
+        "model.upsampling": args.upsampling, "early_stopping": args.early_stopping,
+        "augment.enabled": False if args.no_augment else None, "cache_dir": args.cache_dir,
+    })
+    from keras_unet.training import train  # imported late: TensorFlow start-up only once arguments are good
+
+    train(config, overwrite=args.overwrite)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
