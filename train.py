@@ -31,6 +31,8 @@ def parse_args(argv):
     p.add_argument("--early-stopping", type=int, help="patience in epochs on validation Dice; 0 = off (default 15)")
     p.add_argument("--no-augment", action="store_true", help="switch augmentation off")
     p.add_argument("--cache-dir", help="where generated masks are cached (default ~/.cache/keras_unet)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="train on the usable annotation files; list the others in RUN/skipped.txt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p.parse_args(argv)
@@ -47,6 +49,7 @@ def main(argv=None) -> int:
         "model.depth": args.depth, "model.base_filters": args.base_filters, "model.dropout": args.dropout,
         "model.upsampling": args.upsampling, "early_stopping": args.early_stopping,
         "augment.enabled": False if args.no_augment else None, "cache_dir": args.cache_dir,
+        "skip_bad": True if args.skip_bad else None,
     })
     from keras_unet.training import train  # imported late: TensorFlow start-up only once arguments are good
 

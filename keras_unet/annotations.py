@@ -19,6 +19,7 @@ from keras_unet.errors import ConfigError, DataError
 LABELME_VERSION = "5.4.1"
 SHAPE_TYPES = ("polygon", "rectangle", "circle", "line", "linestrip", "point", "points", "mask")
 IGNORED_LABELS = ("__ignore__", "_background_")  # labelme's labels.txt conventions, never classes
+MAX_COORDINATE = 1e9  # pixels; points farther out are refused rather than drawn
 MIN_POINTS = {"polygon": 3, "rectangle": 2, "circle": 2, "line": 2, "linestrip": 2, "point": 1, "points": 1, "mask": 2}
 
 
@@ -163,8 +164,9 @@ def resolve_classes(classes, data_dir) -> list[str]:
         raise DataError(data_dir, "folder not found")
     json_files = _walk_json(data_dir)
     if json_files:
-        found = {shape.label for path in json_files for shape in _read_shapes_only(path)}
-        found -= set(IGNORED_LABELS)
+        found, errors = _labels_found(json_files)
+        if not found and errors:
+            raise errors[0]
         if not found:
             raise DataError(data_dir, "the annotations hold no labelled shapes: cannot infer the classes")
         return sorted(found)
@@ -232,6 +234,17 @@ def _load_json(json_path: Path) -> dict:
     return document
 
 
+def _labels_found(json_files) -> tuple[set, list]:
+    """Class labels of every readable file, and the DataErrors of the others (reported later, file by file)."""
+    found, errors = set(), []
+    for path in json_files:
+        try:
+            found.update(shape.label for shape in _read_shapes_only(path))
+        except DataError as error:
+            errors.append(error)
+    return found - set(IGNORED_LABELS), errors
+
+
 def _read_shapes_only(json_path: Path) -> list[Shape]:
     document = _load_json(json_path)
     return [_parse_shape(raw, index, json_path, []) for index, raw in enumerate(document["shapes"])]
@@ -267,9 +280,9 @@ def _image_path(document: dict, json_path: Path, warnings: list[str], need_file:
     else:
         candidate = folder / value if not PurePosixPath(value).is_absolute() else Path(value)
         name = PurePosixPath(value).name
-    if need_file and not candidate.is_file():
+    if need_file and not _is_file(candidate):
         beside = folder / name
-        if name and beside.is_file():
+        if name and _is_file(beside):
             warnings.append(f"{json_path}: imagePath {value!r} not found; using {name} beside the JSON")
             return beside
     return candidate
@@ -280,8 +293,12 @@ def _declared_size(document: dict, json_path: Path) -> tuple[int | None, int | N
     if height is None or width is None:
         return None, None
     for name, value in (("imageHeight", height), ("imageWidth", width)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value <= 0:
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or value != int(value) or value <= 0):
             raise DataError(json_path, f"{name} is {value!r}; expected a positive whole number")
+    if int(height) * int(width) > images.MAX_PIXELS:
+        raise DataError(json_path, f"imageWidth x imageHeight is {int(width)}x{int(height)} = "
+                                   f"{int(width) * int(height):,} pixels, more than the {images.MAX_PIXELS:,} limit")
     return int(height), int(width)
 
 
@@ -328,6 +345,8 @@ def _parse_points(value, json_path: Path, where: str) -> np.ndarray:
             or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in point)
         ):
             raise DataError(json_path, f"{where}: point {point!r} is not a pair of numbers [x, y]")
+        if any(abs(c) > MAX_COORDINATE and not (isinstance(c, float) and math.isinf(c)) for c in point):
+            raise DataError(json_path, f"{where}: point {point!r} lies more than {MAX_COORDINATE:.0e} pixels out")
         if not all(math.isfinite(c) for c in point):
             raise DataError(json_path, f"{where}: point {point!r} is not finite (NaN or infinity)")
     return np.array(value, dtype=np.float64).reshape(-1, 2)
@@ -375,6 +394,13 @@ def _walk_json(data_dir: Path) -> list[Path]:
         folders[:] = [name for name in folders if not name.startswith(".") and name != "masks"]
         found.extend(Path(root) / name for name in files if name.lower().endswith(".json") and not name.startswith("."))
     return sorted(found, key=lambda path: path.relative_to(data_dir).as_posix())
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte: read_bytes reports it
+        return False
 
 
 def _is_inside(path: Path, folder: Path) -> bool:

@@ -84,6 +84,7 @@ class Config:
     line_width: int = 3  # pixels, for line and linestrip shapes
     early_stopping: int = 15  # patience in epochs; 0 switches it off
     cache_dir: str = ""  # empty: ~/.cache/keras_unet (or $KERAS_UNET_CACHE)
+    skip_bad: bool = False  # leave out unusable annotation files (listed in skipped.txt) instead of stopping
     model: ModelConfig = field(default_factory=ModelConfig)
     normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

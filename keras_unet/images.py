@@ -28,14 +28,14 @@ def read_image(path) -> np.ndarray:
 def read_bytes(path) -> bytes:
     """Read a file's bytes, raising DataError for a missing or unreadable file."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(path, "file not found")
-    if path.is_dir():
-        raise DataError(path, "is a folder, not an image file")
     try:
+        if not path.exists():
+            raise DataError(path, "file not found")
+        if path.is_dir():
+            raise DataError(path, "is a folder, not an image file")
         return np.fromfile(path, dtype=np.uint8).tobytes()
-    except OSError as error:
-        raise DataError(path, f"cannot read the file ({error.strerror or error})") from None
+    except (OSError, ValueError) as error:
+        raise DataError(path, f"cannot read the file ({getattr(error, 'strerror', None) or error})") from None
 
 
 def decode_image(data: bytes, source) -> np.ndarray:

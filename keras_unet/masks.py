@@ -21,7 +21,8 @@ import numpy as np
 
 from keras_unet import annotations as ann
 from keras_unet import images
-from keras_unet.errors import ConfigError, DataError, KerasUnetError
+from keras_unet.cli import run_main
+from keras_unet.errors import ConfigError, DataError
 
 CACHE_FORMAT = 1  # bump when cached files would come out differently
 INDEX_NAME = "index.json"
@@ -226,8 +227,9 @@ def sample_stem(json_path, data_dir) -> str:
     return "__".join(relative.parts)
 
 
-def prepare_samples(data_dir, classes, cache_dir=None, line_width: int = 3, log=print) -> list[Sample]:
-    """Samples for a Labelme folder (masks rasterised once into a cache) or an image + masks/<class>/ folder."""
+def prepare_samples(data_dir, classes, cache_dir=None, line_width: int = 3, log=print, skip_bad: bool = False,
+                    bad: list | None = None) -> list[Sample]:
+    """Samples for a Labelme folder (masks cached) or an image + masks/ folder; bad files raise, or with skip_bad are left out and appended to `bad`."""
     data_dir = Path(os.path.abspath(Path(data_dir).expanduser()))
     if not data_dir.is_dir():
         raise DataError(data_dir, "folder not found" if not data_dir.exists() else "not a folder")
@@ -246,13 +248,42 @@ def prepare_samples(data_dir, classes, cache_dir=None, line_width: int = 3, log=
         json_files = []
     log = log or (lambda line: None)
     if json_files:
-        return _prepare_labelme(data_dir, json_files, classes, cache, line_width, log)
+        problems: list[tuple[Path, str]] = []
+        samples = _prepare_labelme(data_dir, json_files, classes, cache, line_width, log, problems)
+        if problems and not skip_bad:
+            raise bad_files_error(data_dir, problems, len(json_files))
+        if bad is not None:
+            bad.extend(problems)
+        if not samples:
+            raise DataError(data_dir, f"none of the {len(json_files)} annotation files can be used")
+        return samples
     if (data_dir / "masks").is_dir():
         return _prepare_image_masks(data_dir, classes, cache, log)
     raise DataError(data_dir, "no Labelme .json files, and no masks/<class>/<stem>.png files beside images")
 
 
-def _prepare_labelme(data_dir, json_files, classes, cache, line_width, log) -> list[Sample]:
+def bad_files_error(folder, problems, total: int) -> DataError:
+    """One DataError listing every unusable file with its problem, one per line."""
+    lines = [f"  {path}: {problem}" for path, problem in problems]
+    usable = total - len(problems)
+    hint = f"(--skip-bad trains on the other {usable})" if usable else "(none of them is usable)"
+    return DataError(folder, "\n".join([f"{len(problems)} of {total} annotation files cannot be used:", *lines, hint]))
+
+
+def file_problem(json_path, error: DataError) -> str:
+    """The problem of one annotation file, naming the image file when that is where it lies."""
+    if error.path == str(json_path):
+        return error.problem
+    return f"{error.path}: {error.problem}"
+
+
+def write_problem_list(path, problems) -> None:
+    """Write `file: problem` lines (e.g. skipped.txt) atomically."""
+    text = "".join(f"{file}: {problem}\n" for file, problem in problems)
+    images.write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def _prepare_labelme(data_dir, json_files, classes, cache, line_width, log, problems) -> list[Sample]:
     old = _read_index(cache, classes, line_width)
     entries: dict = {}
     samples: list[Sample] = []
@@ -267,11 +298,15 @@ def _prepare_labelme(data_dir, json_files, classes, cache, line_width, log) -> l
         seen[stem] = json_path
         image_file = cache / IMAGES_FOLDER / f"{stem}.png"
         mask_files = [cache / name / f"{stem}.png" for name in classes]
-        json_print = _fingerprint(json_path)
         entry = old.get(stem)
-        if not _still_valid(entry, json_print, [image_file, *mask_files]):
-            entry = _generate_labelme(json_path, data_dir, classes, line_width, json_print, image_file, mask_files)
-            regenerated += 1
+        try:
+            json_print = _fingerprint(json_path)
+            if not _still_valid(entry, json_print, [image_file, *mask_files]):
+                entry = _generate_labelme(json_path, data_dir, classes, line_width, json_print, image_file, mask_files)
+                regenerated += 1
+        except DataError as error:
+            problems.append((json_path, file_problem(json_path, error)))
+            continue
             if regenerated % 50 == 0:  # keep finished work if interrupted
                 _write_index(cache, classes, line_width, {**old, **entries, stem: entry}, data_dir)
         entries[stem] = entry
@@ -280,12 +315,25 @@ def _prepare_labelme(data_dir, json_files, classes, cache, line_width, log) -> l
         samples.append(Sample(stem=stem, image_path=image_file, mask_paths=mask_files, source=json_path))
     _remove_stale(cache, classes, old, entries)
     _write_index(cache, classes, line_width, entries, data_dir)
+    outside = sum(1 for e in entries.values() if e.get("image_file") and not ann._is_inside(Path(e["image_file"]), data_dir))
+    if samples:
+        warnings.extend(empty_class_warnings(total, classes, len(samples)))
+    _log_warnings(warnings, log)
+    log(summary_line(len(samples), regenerated, total, cache, outside=outside, unusable=len(problems)))
+    return samples
+
+
+def empty_class_warnings(stats: RasterStats, classes, count: int) -> list[str]:
+    """One line per class that has no pixel in any of the images."""
+    return [f"class {name!r} has no pixels in any of the {count} images" for name in classes
+            if not stats.pixels.get(name, 0)]
+
+
+def _log_warnings(warnings, log) -> None:
     for line in warnings[:5]:
         log(f"warning: {line}")
     if len(warnings) > 5:
         log(f"warning: ... and {len(warnings) - 5} more warnings")
-    log(summary_line(len(samples), regenerated, total, cache))
-    return samples
 
 
 def _generate_labelme(json_path, data_dir, classes, line_width, json_print, image_file, mask_files) -> dict:
@@ -417,11 +465,16 @@ def _check_image_masks(image_path, present, classes, cache, stem, prints) -> dic
     }
 
 
-def summary_line(count: int, regenerated: int | None, stats: RasterStats, cache) -> str:
+def summary_line(count: int, regenerated: int | None, stats: RasterStats, cache, outside: int = 0,
+                 unusable: int = 0) -> str:
     """The one-line report of prepare_samples (and, with regenerated None, of the CLI)."""
     line = f"{count} annotations rasterised" if regenerated is None else f"{count} samples, {regenerated} regenerated"
     if cache is not None:
         line += f" (cache: {cache})"
+    if unusable:
+        line += f"; {unusable} unusable annotation files skipped"
+    if outside:
+        line += f"; {outside} images outside the data folder"
     if stats.skipped:
         named = ", ".join(f"{label} x{n}" for label, n in sorted(stats.skipped.items()))
         line += f"; skipped labels not in the class list: {named}"
@@ -520,8 +573,8 @@ def _is_inside(path: Path, folder: Path) -> bool:
 # -- command line --------------------------------------------------------------------------------------
 
 
-def write_masks(data_dir, classes, out, line_width: int = 3, log=print) -> RasterStats:
-    """Rasterise every Labelme JSON under data_dir into out/<class>/<image stem>.png (0/255)."""
+def write_masks(data_dir, classes, out, line_width: int = 3, log=print, skip_bad: bool = False) -> RasterStats:
+    """Rasterise every Labelme JSON under data_dir into out/<class>/<image stem>.png (0/255); bad files raise unless skip_bad."""
     data_dir = Path(os.path.abspath(Path(data_dir).expanduser()))
     out = Path(os.path.abspath(Path(out).expanduser()))
     if os.path.realpath(out) == os.path.realpath(data_dir):
@@ -530,26 +583,44 @@ def write_masks(data_dir, classes, out, line_width: int = 3, log=print) -> Raste
     if line_width < 1:
         raise ConfigError(f"--line-width must be at least 1, not {line_width}")
     json_files = ann.find_annotations(data_dir)
-    total = RasterStats()
-    names: dict[str, Path] = {}
     log = log or (lambda line: None)
-    warnings = []
-    for json_path in json_files:
-        annotation = ann.read_labelme(json_path, data_dir)
-        ann.check_image_size(annotation)
+    good, problems = _read_all(json_files, data_dir)
+    if problems and not skip_bad:
+        raise bad_files_error(data_dir, problems, len(json_files))
+    if not good:
+        raise DataError(data_dir, f"none of the {len(json_files)} annotation files can be used")
+    total, warnings, names = RasterStats(), [], {}
+    for annotation in good:
         name = _output_name(annotation, data_dir)
         if name in names:
-            raise DataError(json_path, f"its mask name {name!r} is also that of {names[name]}; rename one")
-        names[name] = json_path
+            raise DataError(annotation.json_path, f"its mask name {name!r} is also that of {names[name]}; rename one")
+        names[name] = annotation.json_path
         masks, stats = rasterize(annotation, classes, line_width)
         for index, class_name in enumerate(classes):
             images.write_png(out / class_name / f"{name}.png", masks[:, :, index] * np.uint8(255))
         total = total + stats
         warnings.extend(annotation.warnings)
-    for line in warnings[:5]:
-        log(f"warning: {line}")
-    log(summary_line(len(json_files), None, total, None) + f"; masks written to {out}")
+    if problems:
+        write_problem_list(out / "skipped.txt", problems)
+    _log_warnings(warnings + empty_class_warnings(total, classes, len(good)), log)
+    outside = sum(a.outside_data_dir for a in good)
+    line = summary_line(len(good), None, total, None, outside=outside, unusable=len(problems))
+    log(line + f"; masks written to {out}" + (f" (list of skipped files: {out / 'skipped.txt'})" if problems else ""))
     return total
+
+
+def _read_all(json_files, data_dir) -> tuple[list, list]:
+    """(annotations that can be used, [(json path, problem)] for those that cannot)."""
+    good, problems = [], []
+    for json_path in json_files:
+        try:
+            annotation = ann.read_labelme(json_path, data_dir)
+            ann.load_image(annotation)  # decoded in full: a truncated or corrupt image is found here
+        except DataError as error:
+            problems.append((json_path, file_problem(json_path, error)))
+            continue
+        good.append(annotation)
+    return good, problems
 
 
 def _output_name(annotation: ann.Annotation, data_dir: Path) -> str:
@@ -560,7 +631,11 @@ def _output_name(annotation: ann.Annotation, data_dir: Path) -> str:
 
 
 def main(argv=None) -> int:
-    """`python -m keras_unet.masks DATA_DIR --classes a,b --out OUT [--line-width 3]`."""
+    """`python -m keras_unet.masks DATA_DIR --classes a,b --out OUT [--line-width 3] [--skip-bad]`."""
+    return run_main(_main, argv)
+
+
+def _main(argv) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m keras_unet.masks",
         description="Rasterise Labelme annotations into one 0/255 PNG mask per class and image.",
@@ -570,13 +645,12 @@ def main(argv=None) -> int:
                                                       "else every label found)")
     parser.add_argument("--out", required=True, help="output folder: OUT/<class>/<image stem>.png")
     parser.add_argument("--line-width", type=int, default=3, help="pixel width of line and linestrip shapes")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out unusable annotation files (listed in OUT/skipped.txt) instead of stopping")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = parser.parse_args(argv)
-    try:
-        classes = ann.resolve_classes(args.classes, args.data_dir)
-        write_masks(args.data_dir, classes, args.out, args.line_width)
-    except KerasUnetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    classes = ann.resolve_classes(args.classes, args.data_dir)
+    write_masks(args.data_dir, classes, args.out, args.line_width, skip_bad=args.skip_bad)
     return 0
 
 

@@ -20,11 +20,14 @@ from keras_unet.config import Config
 from keras_unet.data import flip_for, make_dataset, split_samples
 from keras_unet.errors import ConfigError, KerasUnetError
 from keras_unet.losses import get_loss, segmentation_metrics
-from keras_unet.masks import prepare_samples
+from keras_unet.images import write_bytes_atomic
+from keras_unet.masks import prepare_samples, write_problem_list
 from keras_unet.model import model_from_config
 
 MODEL_FILE = "model.keras"
 BACKUP_DIR = "backup"
+FIT_DONE = "fit_done"  # marker inside BACKUP_DIR: fit() ended normally, only the final scores are missing
+SKIPPED_FILE = "skipped.txt"
 
 
 class TrainingError(KerasUnetError):
@@ -67,10 +70,31 @@ class BestCheckpoint(keras.callbacks.Callback):
         self.path, self.monitor, self.best = Path(path), monitor, best
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
+        logs = logs or {}
+        if not _finite(logs.get("loss")):
+            return  # never replace a good model with one from a diverged epoch
+        value = logs.get(self.monitor)
         if value is not None and float(value) > self.best:
             self.best = float(value)
             atomic_save(self.model, self.path)
+
+
+class SafeBackup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore that keeps two copies and never backs up an epoch whose loss is not finite."""
+
+    def __init__(self, backup_dir):
+        super().__init__(str(backup_dir), double_checkpoint=True, delete_checkpoint=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if _finite((logs or {}).get("loss")):
+            super().on_epoch_end(epoch, logs)
+
+
+def _finite(value) -> bool:
+    try:
+        return value is None or math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 class StopOnNaN(keras.callbacks.Callback):
@@ -88,11 +112,69 @@ class StopOnNaN(keras.callbacks.Callback):
 
 
 def read_history(path: Path) -> list[dict]:
-    """Rows of a CSVLogger history file, numbers as floats."""
+    """Complete rows of a CSVLogger history file, numbers as floats (a row cut short by a kill is dropped)."""
     if not path.exists():
         return []
     with path.open(newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+        reader = csv.DictReader(f)
+        rows = [_history_row(row, reader.fieldnames) for row in reader]
+    return [row for row in rows if row is not None]
+
+
+def _history_row(row: dict, fields) -> dict | None:
+    if None in row or any(row.get(k) in ("", None) for k in fields):
+        return None
+    try:
+        values = {k: float(v) if v != "NA" else math.nan for k, v in row.items()}
+    except ValueError:
+        return None
+    return values if float(values["epoch"]).is_integer() else None
+
+
+def backup_epoch(backup: Path) -> int:
+    """Epochs completed according to the BackupAndRestore metadata (0 when there is none or it is unreadable)."""
+    for name in ("training_metadata.json", "training_metadata.json.bkp"):
+        try:
+            return int(json.loads((backup / name).read_text())["epoch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return 0
+
+
+def repair_backup(backup: Path) -> None:
+    """Put back the previous backup metadata when a kill left the latest one unreadable (or drop it)."""
+    latest, previous = backup / "training_metadata.json", backup / "training_metadata.json.bkp"
+    if not latest.exists():
+        return
+    try:
+        json.loads(latest.read_text())["epoch"]
+    except (OSError, ValueError, KeyError, TypeError):
+        if previous.exists():
+            shutil.copyfile(previous, latest)
+        else:
+            latest.unlink(missing_ok=True)
+
+
+def trim_history(path: Path, epochs_done: int) -> list[dict]:
+    """Rewrite history.csv atomically with only the complete rows of epochs before epochs_done; returns them."""
+    rows = [r for r in read_history(path) if int(r["epoch"]) < epochs_done]
+    rows = [r for k, r in enumerate(rows) if int(r["epoch"]) == k]  # no gaps, no repeats
+    if not rows:
+        path.unlink(missing_ok=True)
+        return []
+    fields = list(rows[0])
+    lines = [",".join(fields)] + [",".join(_csv_value(k, r.get(k, math.nan)) for k in fields) for r in rows]
+    write_bytes_atomic(path, ("\r\n".join(lines) + "\r\n").encode())
+    return rows
+
+
+def _csv_value(key: str, value: float) -> str:
+    return str(int(value)) if key == "epoch" else repr(float(value))
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write JSON through a temporary file and os.replace."""
+    write_bytes_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -120,10 +202,10 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
 
 def prepare_run_dir(out: Path, config: Config, overwrite: bool) -> bool:
-    """Create the run directory; True when resuming an interrupted run of the same settings."""
+    """Create the run directory; True when resuming an unfinished run (no metrics.json yet) of the same settings."""
     if out.exists() and any(out.iterdir()):
         saved = out / "config.json"
-        interrupted = (out / BACKUP_DIR).exists()
+        interrupted = (out / BACKUP_DIR).exists() or (saved.exists() and not (out / "metrics.json").exists())
         if overwrite:
             shutil.rmtree(out)
         elif interrupted and saved.exists() and _same_run(saved, config):
@@ -142,18 +224,29 @@ def _same_run(saved: Path, config: Config) -> bool:
         old = json.loads(saved.read_text())
     except (OSError, ValueError):
         return False
-    ignore = {"version"}
+    ignore = {"version", "skip_bad"}
     new = config.to_dict()
     return {k: v for k, v in old.items() if k not in ignore} == {k: v for k, v in new.items() if k not in ignore}
 
 
-def load_samples(config: Config, log=print):
+def load_samples(config: Config, log=print, bad: list | None = None):
     """Training and validation samples: train/ and val/ subfolders when present, else a seeded split."""
     data = Path(config.data)
-    kwargs = dict(classes=config.classes, cache_dir=config.cache_dir or None, line_width=config.line_width, log=log)
+    kwargs = dict(classes=config.classes, cache_dir=config.cache_dir or None, line_width=config.line_width, log=log,
+                  skip_bad=config.skip_bad, bad=bad)
     if (data / "train").is_dir() and (data / "val").is_dir():
         return prepare_samples(data / "train", **kwargs), prepare_samples(data / "val", **kwargs)
     return split_samples(prepare_samples(data, **kwargs), config.val_fraction, config.seed)
+
+
+def report_skipped(out: Path, bad: list, log=print) -> None:
+    """Write skipped.txt (file: problem per line) and say so in one line; remove a stale one when none."""
+    path = out / SKIPPED_FILE
+    if not bad:
+        path.unlink(missing_ok=True)
+        return
+    write_problem_list(path, bad)
+    log(f"warning: {len(bad)} unusable annotation files skipped (--skip-bad); the list is in {path}")
 
 
 def compile_model(config: Config, steps_per_epoch: int) -> keras.Model:
@@ -164,6 +257,28 @@ def compile_model(config: Config, steps_per_epoch: int) -> keras.Model:
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=get_loss(config.loss),
                   metrics=segmentation_metrics(config.classes))
     return model
+
+
+def _fit(model, train_ds, val_ds, config: Config, out: Path, best: float, append: bool) -> None:
+    """model.fit with the run's callbacks; raises TrainingError when the loss stops being finite."""
+    nan_guard = StopOnNaN()
+    callbacks = [  # history row first and backup last: a kill in between repeats an epoch, never skips one
+        keras.callbacks.CSVLogger(str(out / "history.csv"), append=append),
+        BestCheckpoint(out / MODEL_FILE, best=best),
+        keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0),
+        nan_guard,
+    ]
+    if config.early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_dice", mode="max", patience=config.early_stopping, verbose=1))
+    callbacks.append(SafeBackup(out / BACKUP_DIR))
+    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks, verbose=2,
+              shuffle=False)  # the dataset shuffles itself
+    if nan_guard.failed_at is not None:
+        raise TrainingError(
+            f"{out}: the loss became NaN/infinite (batch {nan_guard.failed_at}); the learning rate "
+            f"({config.learning_rate}) is likely too high, or the data holds broken images/masks. "
+            "The last good model is kept.")
 
 
 def train(config: Config, overwrite: bool = False, log=print) -> dict:
@@ -179,9 +294,10 @@ def train(config: Config, overwrite: bool = False, log=print) -> dict:
     if config.augment.enabled and config.augment.flip and flip_for(config) is None:
         log("note: horizontal flip is off: a left_*/right_* class has no partner in the class list")
 
-    train_samples, val_samples = load_samples(config, log)
-    (out / "split.json").write_text(json.dumps(
-        {"train": [s.stem for s in train_samples], "val": [s.stem for s in val_samples]}, indent=1) + "\n")
+    bad: list = []
+    train_samples, val_samples = load_samples(config, log, bad)
+    report_skipped(out, bad, log)
+    write_json_atomic(out / "split.json", {"train": [s.stem for s in train_samples], "val": [s.stem for s in val_samples]})
     log(f"{len(train_samples)} training and {len(val_samples)} validation images at {config.image_size} px")
 
     keras.utils.set_random_seed(config.seed)
@@ -194,31 +310,24 @@ def train(config: Config, overwrite: bool = False, log=print) -> dict:
         train_ds = make_dataset(train_samples, config, training=True)
         val_ds = make_dataset(val_samples, config, training=False)
         history_path = out / "history.csv"
-        previous = read_history(history_path) if resuming else []
+        backup = out / BACKUP_DIR
+        fit_done = resuming and (backup / FIT_DONE).exists()
+        repair_backup(backup)
+        previous = trim_history(history_path, backup_epoch(backup) if not fit_done else 10 ** 9) if resuming else []
         best = max((r.get("val_dice", -math.inf) for r in previous), default=-math.inf)
-        nan_guard = StopOnNaN()
-        callbacks = [
-            keras.callbacks.BackupAndRestore(str(out / BACKUP_DIR)),
-            BestCheckpoint(out / MODEL_FILE, best=best),
-            keras.callbacks.CSVLogger(str(history_path), append=resuming),
-            keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0),
-            nan_guard,
-        ]
-        if config.early_stopping:
-            callbacks.append(keras.callbacks.EarlyStopping(
-                monitor="val_dice", mode="max", patience=config.early_stopping, verbose=1))
+        if best != best:  # NaN
+            best = -math.inf
         start = time.time()
-        model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks, verbose=2,
-                  shuffle=False)  # the dataset shuffles itself
+        if not fit_done:
+            _fit(model, train_ds, val_ds, config, out, best, resuming and history_path.exists())
+            (backup / FIT_DONE).parent.mkdir(exist_ok=True)
+            (backup / FIT_DONE).write_text("fit() ended normally\n")
         elapsed = time.time() - start
-        if nan_guard.failed_at is not None:
-            raise TrainingError(
-                f"{out}: the loss became NaN/infinite (batch {nan_guard.failed_at}); the learning rate "
-                f"({config.learning_rate}) is likely too high, or the data holds broken images/masks. "
-                "The last good model is kept.")
         history = read_history(history_path)
         if history:
             plot_curves(history, out / "curves.png")
+        if not (out / MODEL_FILE).exists():
+            raise TrainingError(f"{out / MODEL_FILE}: no model was saved (the validation Dice was never finite)")
         best_model = keras.saving.load_model(out / MODEL_FILE, safe_mode=True)
         scores = best_model.evaluate(val_ds, verbose=0, return_dict=True)
     finally:
@@ -232,7 +341,8 @@ def train(config: Config, overwrite: bool = False, log=print) -> dict:
         "epochs_run": len(history),
         "version": __version__,
     }
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(out / "metrics.json", result)
+    shutil.rmtree(out / BACKUP_DIR, ignore_errors=True)
     per_class = ", ".join(f"{c} {v:.3f}" for c, v in result["val_dice_per_class"].items())
     log(f"validation Dice {result['val_dice']:.3f} ({per_class}); IoU {result['val_iou']:.3f}; "
         f"{result['epochs_run']} epochs in {elapsed:.0f} s; model: {out / MODEL_FILE}")
