@@ -14,7 +14,7 @@ def parse_args(argv):
     p.add_argument("--config", help="YAML or JSON file of settings; flags given here win over it")
     p.add_argument("--data", help="Labelme folder (or train/ and val/ subfolders); default data/sample")
     p.add_argument("--classes", help="comma-separated class names; default: labels.txt in --data, else all labels")
-    p.add_argument("--image-size", type=int, help="side of the square network input in pixels (default 256)")
+    p.add_argument("--image-size", type=int, help="side of the square network input in pixels (default 128)")
     p.add_argument("--batch-size", type=int, help="global batch size, over all devices (default 8)")
     p.add_argument("--epochs", type=int, help="number of epochs (default 40)")
     p.add_argument("--learning-rate", type=float, help="initial learning rate, cosine-decayed (default 2e-3)")

@@ -72,7 +72,7 @@ class Config:
 
     data: str = DEFAULT_DATA_DIR
     classes: list = field(default_factory=list)  # empty: labels.txt in the data folder, else all labels found
-    image_size: int = 256
+    image_size: int = 128  # CPU-friendly default; real radiographs want 256-512 (see configs/)
     batch_size: int = 8
     epochs: int = 40
     learning_rate: float = 2e-3
