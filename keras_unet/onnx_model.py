@@ -1,0 +1,49 @@
+"""Run an exported .onnx model with onnxruntime (no TensorFlow): NHWC float32 batches in, probabilities out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from keras_unet.errors import DataError, KerasUnetError
+
+
+def _runtime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise KerasUnetError("onnxruntime is not installed: pip install onnxruntime") from None
+    return onnxruntime
+
+
+class OnnxModel:
+    """An .onnx network: float32 (N, S, S, 1) batches in [0, 1] to float32 probabilities (N, S, S, C)."""
+
+    def __init__(self, path, num_threads: int | None = None, providers=None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(self.path, "model file not found")
+        ort = _runtime()
+        options = ort.SessionOptions()
+        if num_threads:
+            options.intra_op_num_threads = int(num_threads)
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=options,
+                                                providers=providers or ["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for broken files
+            raise DataError(self.path, f"cannot load the ONNX model ({_first_line(exc)})") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    def predict(self, batch) -> np.ndarray:
+        """Probabilities for a float32 batch (N, S, S, 1) in [0, 1]."""
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if x.ndim != 4:
+            raise ValueError(f"{self.path.name}: expected a batch of shape (N, S, S, 1), got {x.shape}")
+        return np.asarray(self.session.run([self.output_name], {self.input_name: x})[0], dtype=np.float32)
+
+
+def _first_line(exc) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

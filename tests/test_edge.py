@@ -1,0 +1,129 @@
+"""The TensorFlow-free edge runner: no TensorFlow import, the same masks as the Keras path, quantised I/O, CLI."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from keras_unet.errors import ConfigError
+from test_export import CLASSES, SIZE, exported, tiny_run  # noqa: F401 (session fixtures, shared with export tests)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_import_leaves_tensorflow_out():
+    code = ("import sys, keras_unet.edge, keras_unet.onnx_model; "
+            "loaded = [m for m in ('tensorflow', 'keras', 'tf_keras') if m in sys.modules]; "
+            "assert not loaded, loaded")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_quantize_round_trip():
+    from keras_unet.edge import dequantize, quantize
+
+    x = np.linspace(0, 1, 256, dtype=np.float32)
+    q = quantize(x, 1 / 255, 0, np.uint8)
+    assert q.dtype == np.uint8 and q[0] == 0 and q[-1] == 255
+    np.testing.assert_allclose(dequantize(q, 1 / 255, 0), x, atol=0.5 / 255 + 1e-7)
+    assert quantize(np.array([2.0, -1.0]), 1 / 256, -128, np.int8).tolist() == [127, -128]
+
+
+def val_images(tiny_run) -> list[np.ndarray]:
+    from keras_unet.config import load_config
+
+    data = Path(load_config(tiny_run / "config.json").data)
+    return [cv2.imread(str(data / "images" / f"s{i}.png"), cv2.IMREAD_UNCHANGED) for i in (12, 13, 14, 15)]
+
+
+def keras_segment(model, config, image: np.ndarray, tta: bool):
+    """The Keras path: numpy preprocessing, model.predict, unletterbox, optional flip TTA, clean_masks."""
+    from keras_unet.config import flip_permutation
+    from keras_unet.postprocess import clean_masks
+    from keras_unet.preprocess import prepare, unletterbox
+
+    def probs(view):
+        x, box = prepare(view, config)
+        return unletterbox(model.predict(x[None], verbose=0)[0], box)
+
+    p = probs(image)
+    if tta:
+        p = (p + probs(image[:, ::-1])[:, ::-1][..., flip_permutation(config.classes)]) * np.float32(0.5)
+    return p, clean_masks(p, config.classes, config.postprocess)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_edge_masks_equal_the_keras_path(exported, tiny_run, tta):
+    pytest.importorskip("ai_edge_litert")
+    import keras
+
+    from keras_unet.edge import EdgeSegmenter
+    from keras_unet.export import load_run
+
+    out, _ = exported
+    model, config = load_run(tiny_run / "model.keras")
+    segmenter = EdgeSegmenter(out / "model.tflite")
+    for image in val_images(tiny_run):
+        probs, masks = segmenter.segment(image, tta=tta)
+        want_probs, want_masks = keras_segment(model, config, image, tta)
+        assert probs.shape == image.shape + (len(CLASSES),) and masks.dtype == np.uint8
+        np.testing.assert_allclose(probs, want_probs, atol=1e-4)
+        np.testing.assert_array_equal(masks, want_masks)
+        assert masks.any(axis=(0, 1)).all()  # every class found: the comparison is not between empty masks
+    assert isinstance(model, keras.Model)
+
+
+def test_int8_model_takes_and_returns_uint8(exported, tiny_run):
+    pytest.importorskip("ai_edge_litert")
+    from keras_unet.edge import EdgeSegmenter, TFLiteModel
+    from keras_unet.export import dice
+
+    out, _ = exported
+    model = TFLiteModel(out / "model_int8.tflite", num_threads=1)
+    assert model.quantized and model.input["dtype"] == np.uint8 and model.output["dtype"] == np.uint8
+    probs = model.predict(np.random.default_rng(0).random((2, SIZE, SIZE, 1), dtype=np.float32))
+    assert probs.shape == (2, SIZE, SIZE, len(CLASSES)) and probs.dtype == np.float32
+    assert probs.min() >= 0 and probs.max() <= 1
+    with pytest.raises(ValueError, match="expected a batch"):
+        model.predict(np.zeros((1, SIZE, SIZE), np.float32))
+    int8, float32 = EdgeSegmenter(out / "model_int8.tflite"), EdgeSegmenter(out / "model.tflite")
+    for image in val_images(tiny_run):
+        a, b = int8.segment(image)[1], float32.segment(image)[1]
+        assert all(dice(a[..., c] > 0, b[..., c] > 0) > 0.95 for c in range(len(CLASSES)))
+
+
+def test_metadata_must_sit_beside_the_model(exported, tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    from keras_unet.edge import EdgeSegmenter
+
+    out, _ = exported
+    shutil.copy(out / "model.tflite", tmp_path / "model.tflite")
+    with pytest.raises(ConfigError, match="metadata.json"):
+        EdgeSegmenter(tmp_path / "model.tflite")
+
+
+def test_command_line_writes_masks(exported, tiny_run, tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    from keras_unet.config import load_config
+    from keras_unet.edge import EdgeSegmenter
+
+    out, _ = exported
+    data = Path(load_config(tiny_run / "config.json").data) / "images"
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_unet.edge", str(out / "model_int8.tflite"), str(data / "s12.png"),
+         str(data / "s13.png"), str(broken), "--out", str(tmp_path / "masks"), "--threads", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "skipped" in result.stdout and "broken.png" in result.stdout
+    expected = EdgeSegmenter(out / "model_int8.tflite").segment(cv2.imread(str(data / "s12.png"), 0))[1]
+    for c, name in enumerate(CLASSES):
+        written = cv2.imread(str(tmp_path / "masks" / name / "s12.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(written, expected[..., c] * 255)
+        assert (tmp_path / "masks" / name / "s13.png").is_file()
