@@ -25,7 +25,7 @@ def parse_args(argv):
                    help="auto (default): mixed_float16 with a GPU, float32 without")
     p.add_argument("--val-fraction", type=float, help="share of images held back for validation (default 0.2)")
     p.add_argument("--depth", type=int, help="U-Net levels (default 4)")
-    p.add_argument("--base-filters", type=int, help="filters of the first level, doubled per level (default 16)")
+    p.add_argument("--base-filters", type=int, help="filters of the first level, doubled per level (default 12)")
     p.add_argument("--dropout", type=float, help="spatial dropout at the bottleneck (default 0)")
     p.add_argument("--upsampling", choices=("transpose", "bilinear"), help="decoder upsampling (default transpose)")
     p.add_argument("--early-stopping", type=int, help="patience in epochs on validation Dice; 0 = off (default 15)")
