@@ -1,0 +1,346 @@
+"""Score a trained model against ground truth at each image's original resolution, and write a report folder.
+
+The report folder holds metrics.csv (a row per image and class), summary.json (statistics per class, the settings
+used, stray-component counts), report.md (a table per class, the five worst images), overlays/<stem>.png,
+contact_sheet.png and, with a threshold sweep, sweep.csv. Images are streamed: one image's probabilities are in
+memory at a time; the sweep keeps per-threshold tallies only.
+
+A predicted mask has stray components when it has more 8-connected components than the ground truth of that
+image and class.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+from urllib.parse import quote
+
+import cv2
+import numpy as np
+
+from keras_unet import images
+from keras_unet.errors import ConfigError
+from keras_unet.inference import Predictor, Progress, prepare_out_dir
+from keras_unet.masks import prepare_samples
+from keras_unet.metrics import OVERLAP_METRICS, confusion, score_masks, summarize
+from keras_unet.postprocess import clean_masks, count_components, stray_components
+
+SWEEP_THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(1, 10))
+WORST_SHOWN = 5
+SHEET_MAX_TILES = 64
+OUTPUT_FILES = ("metrics.csv", "summary.json", "report.md", "sweep.csv", "contact_sheet.png")
+OVERLAY_DIR = "overlays"
+CSV_METRICS = OVERLAP_METRICS + ("hd95", "assd", "hd95_mm", "assd_mm")
+
+
+def _dice(tp: int, fp: int, fn: int) -> float:
+    """Dice from pixel counts, 1.0 when both masks are empty (as in keras_unet.metrics)."""
+    total = 2 * tp + fp + fn
+    return 1.0 if total == 0 else 2 * tp / total
+
+
+def parse_spacing(text) -> tuple[float, float] | None:
+    """Pixel spacing in mm from '0.35' or '0.35,0.3' (row, column); None for None or empty."""
+    if text is None or str(text).strip() == "":
+        return None
+    try:
+        values = [float(v) for v in str(text).replace(" ", ",").split(",") if v]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ConfigError(f"--spacing must be one or two positive numbers in mm (row,column), got {text!r}")
+    return values[0], values[1]
+
+
+def select_classes(predictor: Predictor, classes) -> list[str]:
+    """The classes to score: all the model's, or the named subset of them."""
+    if isinstance(classes, str):
+        classes = [c.strip() for c in classes.split(",") if c.strip()]
+    if not classes:
+        return list(predictor.classes)
+    unknown = [c for c in classes if c not in predictor.classes]
+    if unknown:
+        raise ConfigError(f"class(es) {', '.join(unknown)} not predicted by the model "
+                          f"(it predicts {', '.join(predictor.classes)})")
+    return list(classes)
+
+
+def read_truth(sample) -> np.ndarray:
+    """(H, W, C) uint8 0/1 ground truth of a prepared sample."""
+    return np.stack([(images.read_image(p) > 0).astype(np.uint8) for p in sample.mask_paths], axis=-1)
+
+
+def clear_report(out: Path) -> None:
+    """Delete the files an earlier evaluation wrote into a report folder."""
+    for name in OUTPUT_FILES:
+        (out / name).unlink(missing_ok=True)
+    if (out / OVERLAY_DIR).is_dir():
+        shutil.rmtree(out / OVERLAY_DIR)
+
+
+class Sweep:
+    """Per threshold and class: pooled tp/fp/fn tallies and the running sum of per-image Dice."""
+
+    def __init__(self, classes, thresholds=SWEEP_THRESHOLDS):
+        self.classes, self.thresholds = list(classes), tuple(thresholds)
+        self.tallies = np.zeros((len(self.thresholds), len(self.classes), 3), dtype=np.int64)
+        self.dice_sum = np.zeros((len(self.thresholds), len(self.classes)))
+        self.images = 0
+
+    def add(self, probs, truth, all_classes, channels, settings) -> None:
+        """Tally one image's probabilities (all the model's classes) against its ground truth."""
+        for i, t in enumerate(self.thresholds):
+            at_t = dataclasses.replace(settings, threshold=float(t), thresholds={})
+            masks = clean_masks(probs, all_classes, at_t)[..., channels]
+            for c in range(len(self.classes)):
+                tp, fp, fn, _ = confusion(masks[..., c], truth[..., c])
+                self.tallies[i, c] += (tp, fp, fn)
+                self.dice_sum[i, c] += _dice(tp, fp, fn)
+        self.images += 1
+
+    def rows(self) -> list[dict]:
+        """One row per threshold and class: mean per-image Dice and Dice of the pooled pixels."""
+        rows = []
+        for i, t in enumerate(self.thresholds):
+            for c, name in enumerate(self.classes):
+                tp, fp, fn = (int(v) for v in self.tallies[i, c])
+                rows.append({"threshold": t, "class": name, "mean_dice": self.dice_sum[i, c] / max(self.images, 1),
+                             "pooled_dice": _dice(tp, fp, fn), "tp": tp, "fp": fp, "fn": fn})
+        return rows
+
+    def best(self) -> dict:
+        """The threshold with the highest mean Dice, per class."""
+        means = self.dice_sum / max(self.images, 1)
+        return {name: float(self.thresholds[int(np.argmax(means[:, c]))]) for c, name in enumerate(self.classes)}
+
+
+def score_image(stem, pred, truth, classes, spacing) -> list[dict]:
+    """Metric rows of one image (one per class) with component and stray-component counts."""
+    rows = score_masks(pred, truth, classes, spacing)
+    for c, row in enumerate(rows):
+        expected = count_components(truth[..., c])
+        row.update(image=stem, components=count_components(pred[..., c]), truth_components=expected,
+                   stray=stray_components(pred[..., c], expected))
+    return rows
+
+
+def evaluate(predictor: Predictor, data_dir, out, settings=None, spacing=None, sweep: bool = False,
+             classes=None, overwrite: bool = False, log=print, progress: bool = True) -> dict:
+    """Score the predictor on a Labelme or image + mask folder and write the report folder; returns the summary."""
+    settings = predictor.config.postprocess if settings is None else settings
+    classes = select_classes(predictor, classes)
+    channels = [predictor.classes.index(c) for c in classes]
+    out = prepare_out_dir(out, overwrite, "report folder")
+    config = predictor.config
+    samples = prepare_samples(data_dir, classes, cache_dir=config.cache_dir or None,
+                              line_width=config.line_width, log=log)
+    clear_report(out)
+    (out / OVERLAY_DIR).mkdir()
+    tally = Sweep(classes) if sweep else None
+    rows = []
+    bar = Progress(len(samples)) if progress else None
+    with (out / "metrics.csv").open("w", newline="") as handle:
+        writer = csv_writer(handle, spacing is not None)
+        for sample in samples:
+            image = images.read_image(sample.image_path)
+            truth = read_truth(sample)
+            probs, masks = predictor.segment(image, settings)
+            masks = masks[..., channels]
+            image_rows = score_image(sample.stem, masks, truth, classes, spacing)
+            writer.writerows(image_rows)
+            handle.flush()
+            rows.extend(image_rows)
+            if tally:
+                tally.add(probs, truth, predictor.classes, channels, settings)
+            picture = _overlay(image, masks, truth, classes, sample.stem)
+            _save(out / OVERLAY_DIR / f"{sample.stem}.png", picture)
+            if bar:
+                bar.step()
+    if bar:
+        bar.close()
+    summary = build_summary(rows, classes, predictor, data_dir, settings, spacing, len(samples))
+    if tally:
+        summary["sweep"] = {"thresholds": list(tally.thresholds), "best_threshold": tally.best()}
+        write_sweep(out / "sweep.csv", tally.rows())
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    write_report(out / "report.md", summary, rows, tally)
+    write_contact_sheet(out, rows)
+    log(format_table(summary))
+    if tally:
+        log(format_sweep(tally))
+    log(f"report: {out / 'report.md'}")
+    return summary
+
+
+def csv_writer(handle, with_mm: bool) -> csv.DictWriter:
+    """A DictWriter for metrics.csv rows, header written."""
+    metrics = [m for m in CSV_METRICS if with_mm or not m.endswith("_mm")]
+    fields = ["image", "class", *metrics, "components", "truth_components", "stray"]
+    writer = csv.DictWriter(handle, fields, extrasaction="ignore")
+    writer.writeheader()
+    return writer
+
+
+def _overlay(image, masks, truth, classes, stem) -> np.ndarray:
+    from keras_unet.overlay import draw_overlay
+
+    return draw_overlay(image, masks, truth, classes, title=stem)
+
+
+def _save(path, rgb) -> None:
+    from keras_unet.overlay import save_rgb
+
+    save_rgb(path, rgb)
+
+
+def image_scores(rows) -> dict:
+    """Mean Dice over classes per image, in the order images were met."""
+    sums: dict = {}
+    for row in rows:
+        total, n = sums.get(row["image"], (0.0, 0))
+        sums[row["image"]] = (total + row["dice"], n + 1)
+    return {image: total / n for image, (total, n) in sums.items()}
+
+
+def build_summary(rows, classes, predictor, data_dir, settings, spacing, count) -> dict:
+    """summary.json content: statistics per class, settings used, stray-component counts."""
+    stray = {name: sum(1 for r in rows if r["class"] == name and r["stray"] > 0) for name in classes}
+    stray_images = len({r["image"] for r in rows if r["stray"] > 0})
+    config = predictor.config
+    return {
+        "model": predictor.source,
+        "data": str(data_dir),
+        "images": count,
+        "classes": classes,
+        "settings": {
+            "postprocess": dataclasses.asdict(settings),
+            "spacing_mm": None if spacing is None else list(spacing),
+            "image_size": config.image_size,
+            "line_width": config.line_width,
+            "normalization": dataclasses.asdict(config.normalization),
+        },
+        "metrics": _json_safe(summarize(rows, classes)),
+        "stray_components": {"images": stray_images, "per_class": stray},
+    }
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_sweep(path, rows) -> None:
+    """sweep.csv: threshold, class, mean and pooled Dice, pixel tallies."""
+    with Path(path).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["threshold", "class", "mean_dice", "pooled_dice", "tp", "fp", "fn"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _fmt(value, digits=3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+_LABELS = {"dice": "Dice", "iou": "IoU", "precision": "precision", "recall": "recall", "hd95": "HD95 (px)",
+           "assd": "ASSD (px)", "hd95_mm": "HD95 (mm)", "assd_mm": "ASSD (mm)"}
+
+
+def _class_table(entry) -> list[str]:
+    lines = ["| metric | mean | std | median | worst | worst image | undefined |",
+             "| --- | ---: | ---: | ---: | ---: | --- | ---: |"]
+    for metric, label in _LABELS.items():
+        if metric not in entry:
+            continue
+        s = entry[metric]
+        lines.append(f"| {label} | {_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['median'])} | "
+                     f"{_fmt(s['worst'])} | {s['worst_image'] or ''} | {s['n_undefined']} |")
+    return lines
+
+
+def _link(stem) -> str:
+    return f"{OVERLAY_DIR}/{quote(stem)}.png"
+
+
+def write_report(path, summary, rows, tally=None) -> None:
+    """report.md: settings, a table per class, the worst images with their overlays, the sweep."""
+    post = summary["settings"]["postprocess"]
+    spacing = summary["settings"]["spacing_mm"]
+    lines = [f"# Evaluation of `{summary['model']}`", "",
+             f"Data: `{summary['data']}`, {summary['images']} image(s); classes: {', '.join(summary['classes'])}.",
+             f"Threshold {post['threshold']}" + (f" (per class: {post['thresholds']})" if post["thresholds"] else "")
+             + f"; post-processing {'on' if post['enabled'] else 'off'}; TTA {'on' if post['tta'] else 'off'}; "
+             + (f"spacing {spacing[0]} x {spacing[1]} mm." if spacing else "distances in pixels."),
+             f"Images with stray components: {summary['stray_components']['images']}.", ""]
+    for name in summary["classes"]:
+        entry = summary["metrics"][name]
+        lines += [f"## {name}", "", f"{entry['n_images']} image(s); "
+                  f"{summary['stray_components']['per_class'][name]} with stray components.", ""]
+        lines += _class_table(entry) + [""]
+    scores = image_scores(rows)
+    worst = sorted(scores, key=scores.get)[:WORST_SHOWN]
+    lines += [f"## The {len(worst)} worst images (mean Dice over classes)", "",
+              "| image | mean Dice | " + " | ".join(summary["classes"]) + " | overlay |",
+              "| --- | ---: | " + " | ".join("---:" for _ in summary["classes"]) + " | --- |"]
+    for stem in worst:
+        per = {r["class"]: r["dice"] for r in rows if r["image"] == stem}
+        lines.append(f"| {stem} | {scores[stem]:.3f} | " + " | ".join(f"{per[c]:.3f}" for c in summary["classes"])
+                     + f" | [overlay]({_link(stem)}) |")
+    lines += ["", "![contact sheet](contact_sheet.png)", ""]
+    if tally:
+        lines += ["## Threshold sweep (mean Dice per image)", "", "```", format_sweep(tally), "```",
+                  "", "Full table: [sweep.csv](sweep.csv).", ""]
+    Path(path).write_text("\n".join(lines))
+
+
+def write_contact_sheet(out: Path, rows) -> None:
+    """contact_sheet.png of the overlays, worst image first, at most SHEET_MAX_TILES of them."""
+    from keras_unet.overlay import contact_sheet
+
+    scores = image_scores(rows)
+    chosen = sorted(scores, key=scores.get)[:SHEET_MAX_TILES]
+    if not chosen:
+        return
+    tiles = []
+    for stem in chosen:
+        bgr = cv2.imread(str(out / OVERLAY_DIR / f"{stem}.png"), cv2.IMREAD_COLOR)
+        tiles.append(cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), _thumb(bgr.shape), interpolation=cv2.INTER_AREA))
+    labels = [f"{stem}  Dice {scores[stem]:.3f}" for stem in chosen]
+    _save(out / "contact_sheet.png", contact_sheet(tiles, labels, tile_size=256))
+
+
+def _thumb(shape, side: int = 256) -> tuple[int, int]:
+    f = min(1.0, side / max(shape[:2]))
+    return max(1, round(shape[1] * f)), max(1, round(shape[0] * f))
+
+
+def format_table(summary) -> str:
+    """A short per-class table of the summary for the console."""
+    mm = summary["settings"]["spacing_mm"] is not None
+    hd = "hd95_mm" if mm else "hd95"
+    head = f"{'class':<20} {'Dice':>13} {'IoU':>6} {'HD95 ' + ('mm' if mm else 'px'):>9} {'stray':>7}"
+    lines = [head, "-" * len(head)]
+    for name in summary["classes"]:
+        m = summary["metrics"][name]
+        dice = f"{_fmt(m['dice']['mean'])}+-{_fmt(m['dice']['std'])}"
+        stray = f"{summary['stray_components']['per_class'][name]}/{m['n_images']}"
+        lines.append(f"{name:<20} {dice:>13} {_fmt(m['iou']['mean']):>6} {_fmt(m[hd]['mean'], 2):>9} {stray:>7}")
+    return "\n".join(lines)
+
+
+def format_sweep(tally: Sweep) -> str:
+    """Mean Dice per class against the threshold, as a console table."""
+    width = max(10, *(len(c) for c in tally.classes))
+    lines = [f"{'threshold':<10} " + " ".join(f"{c:>{width}}" for c in tally.classes)]
+    means = tally.dice_sum / max(tally.images, 1)
+    for i, t in enumerate(tally.thresholds):
+        lines.append(f"{t:<10} " + " ".join(f"{means[i, c]:>{width}.4f}" for c in range(len(tally.classes))))
+    return "\n".join(lines)

@@ -1,0 +1,114 @@
+"""A tiny trained run folder (model.keras + config.json) and blob images, shared by the inference tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from keras_unet.config import Config, ModelConfig
+
+CLASSES = ["left_clavicle", "right_clavicle", "rib"]  # the bundled sample's classes
+SIZE = 64
+LEVELS = (250, 170, 100)  # grey level of each class's blobs; the background sits near 20
+_RUN: dict = {}
+
+
+def blob_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A uint8 image with one ellipse per class (class told by brightness) and its (H, W, C) 0/1 masks."""
+    image = np.full((height, width), 20, np.uint8)
+    masks = np.zeros((height, width, len(CLASSES)), np.uint8)
+    for c, level in enumerate(LEVELS):
+        centre = (int(rng.uniform(0.2, 0.8) * width), int(rng.uniform(0.2, 0.8) * height))
+        axes = (int(rng.uniform(0.08, 0.18) * width), int(rng.uniform(0.08, 0.18) * height))
+        angle = float(rng.uniform(0, 180))
+        plane = np.zeros((height, width), np.uint8)
+        cv2.ellipse(plane, centre, axes, angle, 0, 360, 1, -1)
+        masks[..., :][plane > 0] = 0
+        masks[..., c] = plane
+        image[plane > 0] = level
+    noise = rng.normal(0, 6, image.shape)
+    return np.clip(image + noise, 0, 255).astype(np.uint8), masks
+
+
+def tiny_config() -> Config:
+    """Settings of the tiny run: 64 px, depth 2, 4 base filters, the sample's classes."""
+    return Config(classes=list(CLASSES), image_size=SIZE, batch_size=8, epochs=1,
+                  model=ModelConfig(depth=2, base_filters=4))
+
+
+def _save_run(model, folder, config: Config | None = None) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    (config or tiny_config()).save(folder / "config.json")
+    return folder
+
+
+def train_tiny_run(folder) -> Path:
+    """A tiny U-Net fitted for two steps on blob scenes, saved as a run folder (its output is near random)."""
+    import keras
+
+    from keras_unet.losses import BceDiceLoss
+    from keras_unet.model import build_unet
+    from keras_unet.preprocess import prepare
+
+    config = tiny_config()
+    rng = np.random.default_rng(0)
+    scenes = [blob_scene(rng, SIZE, SIZE) for _ in range(16)]
+    x = np.stack([prepare(image, config)[0] for image, _ in scenes])
+    y = np.stack([masks for _, masks in scenes]).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    model = build_unet(len(CLASSES), depth=2, base_filters=4)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=BceDiceLoss(), run_eagerly=True)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # eager: two steps cost less than tracing
+    return _save_run(model, folder)
+
+
+def blob_model():
+    """A hand-set Keras model that finds the blob scenes' classes by brightness: smooth, then one threshold each.
+
+    It knows nothing of left and right, so its run switches test-time flipping off.
+    """
+    import keras
+    from keras import layers
+
+    from keras_unet.losses import BceDiceLoss
+
+    inputs = keras.Input((None, None, 1), name="image")
+    x = layers.AveragePooling2D(3, strides=1, padding="same", name="smooth")(inputs)
+    logits = layers.Conv2D(len(CLASSES), 1, name="logits")(x)
+    probs = layers.Activation("sigmoid", dtype="float32", name="probabilities")(logits)
+    model = keras.Model(inputs, probs)
+    steepness, cuts = 40.0, np.array([0.83, 0.5, 0.2])  # normalised levels: about 1.0, 0.63, 0.32, background 0
+    model.get_layer("logits").set_weights([np.full((1, 1, 1, len(CLASSES)), steepness, np.float32),
+                                           (-steepness * cuts).astype(np.float32)])
+    model.compile(optimizer="adam", loss=BceDiceLoss())
+    return model
+
+
+def _cached(name, tmp_path_factory, make):
+    if name not in _RUN:
+        _RUN[name] = make(tmp_path_factory.mktemp(name))
+    return _RUN[name]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """Run folder of a tiny U-Net (trained two steps, once per test session)."""
+    return _cached("tiny_run", tmp_path_factory, train_tiny_run)
+
+
+@pytest.fixture(scope="session")
+def blob_run(tmp_path_factory) -> Path:
+    """Run folder of the hand-set blob model, whose masks follow the blob scenes closely."""
+    return _cached("blob_run", tmp_path_factory, make_blob_run)
+
+
+def make_blob_run(folder) -> Path:
+    """Save the blob model as a run folder (TTA off in its settings)."""
+    config = tiny_config()
+    config.postprocess.tta = False
+    return _save_run(blob_model(), folder, config)

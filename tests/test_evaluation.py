@@ -1,0 +1,136 @@
+"""evaluate.py / keras_unet.evaluation: same scores from Labelme or mask ground truth, the report folder, the sweep."""
+
+import csv
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+import evaluate
+from conftest import SAMPLE_DIR
+from helpers import CLASSES, blob_run, blob_scene, tiny_run  # noqa: F401 (fixtures)
+from keras_unet import annotations as ann
+from keras_unet import masks as masks_module
+from keras_unet.cli import run_main
+from keras_unet.errors import ConfigError
+from keras_unet.evaluation import evaluate as run_evaluation
+from keras_unet.evaluation import parse_spacing
+from keras_unet.inference import load_predictor, postprocess_settings
+from labelme_factory import document, shape, write_image, write_json
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_UNET_CACHE", str(tmp_path / "cache"))
+
+
+def _ellipse_polygon(mask):
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return max(contours, key=cv2.contourArea).reshape(-1, 2).astype(float).tolist()
+
+
+def _labelme_and_mask_folders(root):
+    """A Labelme folder of blob scenes, and the same images with their rasterised masks as masks/<class>/."""
+    labelme, masked = root / "labelme", root / "masked"
+    rng = np.random.default_rng(11)
+    for i, (h, w) in enumerate([(72, 100), (90, 60), (64, 64)]):
+        image, truth = blob_scene(rng, h, w)
+        stem = f"scene_{i}"
+        write_image(labelme / f"{stem}.png", image)
+        shapes = [shape(name, _ellipse_polygon(truth[..., c])) for c, name in enumerate(CLASSES)
+                  if truth[..., c].any()]
+        json_path = write_json(labelme / f"{stem}.json", document(shapes, f"{stem}.png", h, w))
+        raster, _ = masks_module.rasterize(ann.read_labelme(json_path), CLASSES)
+        write_image(masked / f"{stem}.png", image)
+        for c, name in enumerate(CLASSES):
+            write_image(masked / "masks" / name / f"{stem}.png", raster[..., c] * np.uint8(255))
+    return labelme, masked
+
+
+def _csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_labelme_and_mask_ground_truth_give_identical_metrics(blob_run, tmp_path):  # noqa: F811
+    labelme, masked = _labelme_and_mask_folders(tmp_path)
+    predictor = load_predictor(blob_run)
+    kwargs = dict(spacing=(0.5, 0.5), sweep=True, log=lambda line: None, progress=False)
+    from_json = run_evaluation(predictor, labelme, tmp_path / "a", **kwargs)
+    from_masks = run_evaluation(predictor, masked, tmp_path / "b", **kwargs)
+    rows_json, rows_masks = _csv(tmp_path / "a" / "metrics.csv"), _csv(tmp_path / "b" / "metrics.csv")
+    assert len(rows_json) == 9 and [list(r) for r in rows_json] == [list(r) for r in rows_masks]
+    for a, b in zip(rows_json, rows_masks):
+        # OpenCV's distance transform may differ in the last float32 bit from one call to the next
+        assert {k: float(v) for k, v in a.items() if k not in ("image", "class")} == pytest.approx(
+            {k: float(v) for k, v in b.items() if k not in ("image", "class")}, rel=1e-6)
+        assert (a["image"], a["class"]) == (b["image"], b["class"])
+    assert (tmp_path / "a" / "sweep.csv").read_text() == (tmp_path / "b" / "sweep.csv").read_text()
+    assert from_json["images"] == from_masks["images"] == 3
+    assert from_json["stray_components"] == from_masks["stray_components"]
+    assert from_json["metrics"]["left_clavicle"]["dice"]["mean"] > 0.8  # the blob model does find the blobs
+
+
+def test_sweep_at_the_run_threshold_matches_the_report(blob_run, tmp_path):  # noqa: F811
+    labelme, _ = _labelme_and_mask_folders(tmp_path)
+    summary = run_evaluation(load_predictor(blob_run), labelme, tmp_path / "r", sweep=True, classes="rib,left_clavicle",
+                             log=lambda line: None, progress=False)
+    rows = _csv(tmp_path / "r" / "metrics.csv")
+    assert {r["class"] for r in rows} == {"rib", "left_clavicle"} and len(rows) == 6
+    sweep = {(r["threshold"], r["class"]): float(r["mean_dice"]) for r in _csv(tmp_path / "r" / "sweep.csv")}
+    assert len(sweep) == 18
+    for name in ("rib", "left_clavicle"):
+        assert sweep[("0.5", name)] == pytest.approx(summary["metrics"][name]["dice"]["mean"])
+    assert set(summary["sweep"]["best_threshold"]) == {"rib", "left_clavicle"}
+
+
+def test_report_on_the_bundled_sample(tiny_run, tmp_path, capsys):  # noqa: F811
+    data = tmp_path / "sample"
+    data.mkdir()
+    stems = ["phantom_000", "phantom_001", "phantom_002"]
+    for stem in stems:
+        for suffix in (".json", ".png"):
+            shutil.copy(SAMPLE_DIR / f"{stem}{suffix}", data / f"{stem}{suffix}")
+    out = tmp_path / "report"
+    argv = ["--model", str(tiny_run / "model.keras"), "--data", str(data), "--out", str(out), "--spacing", "0.35",
+            "--sweep", "--no-tta"]
+    assert run_main(evaluate.main, argv) == 0
+    printed = capsys.readouterr().out
+    assert "left_clavicle" in printed and "HD95 mm" in printed and "threshold" in printed
+
+    rows = _csv(out / "metrics.csv")
+    assert len(rows) == len(stems) * len(CLASSES)
+    assert {"dice", "iou", "precision", "recall", "hd95", "assd", "hd95_mm", "assd_mm", "stray"} <= set(rows[0])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 3 and summary["classes"] == CLASSES
+    assert summary["settings"]["postprocess"]["tta"] is False and summary["settings"]["spacing_mm"] == [0.35, 0.35]
+    assert set(summary["metrics"]["rib"]) >= {"dice", "hd95", "hd95_mm", "n_images"}
+    assert set(summary["stray_components"]) == {"images", "per_class"}
+    report = (out / "report.md").read_text()
+    assert "## rib" in report and "worst images" in report and "(overlays/phantom_00" in report
+    for stem in stems:
+        overlay = cv2.imread(str(out / "overlays" / f"{stem}.png"))
+        assert overlay.shape[1] == 512 and overlay.shape[0] > 512  # original width, legend band below
+    assert cv2.imread(str(out / "contact_sheet.png")) is not None
+    assert len(_csv(out / "sweep.csv")) == 9 * len(CLASSES)
+
+    assert run_main(evaluate.main, argv) == 2  # the report folder exists now
+    assert "already exists" in capsys.readouterr().err
+    (out / "overlays" / "stale.png").write_bytes(b"old")
+    assert run_main(evaluate.main, [*argv[:-2], "--overwrite"]) == 0
+    assert not (out / "overlays" / "stale.png").exists() and not (out / "sweep.csv").exists()
+
+
+def test_argument_errors(tiny_run, tmp_path):  # noqa: F811
+    assert parse_spacing("0.35") == (0.35, 0.35) and parse_spacing("0.2,0.3") == (0.2, 0.3)
+    assert parse_spacing(None) is None
+    for bad in ("0", "-1", "a", "1,2,3"):
+        with pytest.raises(ConfigError):
+            parse_spacing(bad)
+    predictor = load_predictor(tiny_run)
+    with pytest.raises(ConfigError, match="not predicted by the model"):
+        run_evaluation(predictor, SAMPLE_DIR, tmp_path / "r", classes="heart", log=lambda line: None)
+    with pytest.raises(ConfigError, match="threshold"):
+        postprocess_settings(predictor.config.postprocess, threshold=0.0)
