@@ -2,7 +2,7 @@
 
 `TFLiteModel` runs the network on prepared batches (float, or uint8/int8 quantised through the tensors' scale
 and zero point). `EdgeSegmenter` adds the run settings from `metadata.json` beside the model and segments raw
-images exactly as `keras_unet.inference.Predictor` does: `preprocess.prepare`, the network, `unletterbox`,
+images with the same `keras_unet.segmenter.Predictor` core as the library: `preprocess.prepare`, the network, `unletterbox`,
 optional flip TTA (left_*/right_* channels swapped), then `postprocess.clean_masks`.
 
     python -m keras_unet.edge export/model_int8.tflite xray.png --out masks/
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_unet.config import Config, config_from_dict, flip_permutation
+from keras_unet.config import Config, config_from_dict
 from keras_unet.errors import ConfigError, DataError, KerasUnetError
 from keras_unet.postprocess import clean_masks
-from keras_unet.preprocess import prepare, unletterbox
+from keras_unet.segmenter import Predictor
 
 METADATA_FILE = "metadata.json"
 _QUANTISED = (np.uint8, np.int8)
@@ -118,44 +118,21 @@ def read_metadata(model_path) -> tuple[dict, Config]:
     return values, config
 
 
-class EdgeSegmenter:
+class EdgeSegmenter(Predictor):
     """Raw grayscale image in, (probabilities, cleaned uint8 masks) at the original size out, with LiteRT."""
 
     def __init__(self, model_path, num_threads: int | None = None):
-        self.metadata, self.config = read_metadata(model_path)
+        self.metadata, config = read_metadata(model_path)
         self.model = TFLiteModel(model_path, num_threads)
-        self.classes = list(self.config.classes)
-        self.flip = flip_permutation(self.classes)
-        expected = (self.config.image_size, self.config.image_size, 1)
+        super().__init__(self.model.predict, config, model_path)
+        expected = (config.image_size, config.image_size, 1)
         if self.model.input_shape != expected:
             raise ConfigError(f"{model_path}: input {self.model.input_shape} does not match the config's {expected}")
-
-    def predict_probs(self, image, tta: bool | None = None) -> np.ndarray:
-        """(H, W, C) float32 probabilities at the image's size; tta None uses the run's setting."""
-        image = _gray(image)
-        tta = self.config.postprocess.tta if tta is None else tta
-        views = [image, image[:, ::-1]] if tta and self.flip is not None else [image]
-        prepared = [prepare(view, self.config) for view in views]
-        outputs = self.model.predict(np.stack([x for x, _ in prepared]).astype(np.float32))
-        probs = [unletterbox(out, box) for out, (_, box) in zip(outputs, prepared)]
-        if len(probs) == 1:
-            return probs[0]
-        flipped_back = probs[1][:, ::-1][..., self.flip]
-        return ((probs[0] + flipped_back) * np.float32(0.5)).astype(np.float32)
 
     def segment(self, image, tta: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, uint8 0/1 masks), both (H, W, C), cleaned with the run's post-processing."""
         probs = self.predict_probs(image, tta)
         return probs, clean_masks(probs, self.classes, self.config.postprocess)
-
-
-def _gray(image) -> np.ndarray:
-    a = np.asarray(image)
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[..., 0]
-    if a.ndim != 2 or a.size == 0:
-        raise ValueError(f"expected a non-empty 2-D grayscale image, got shape {a.shape}")
-    return a
 
 
 def _first_line(exc) -> str:

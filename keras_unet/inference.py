@@ -18,64 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from keras_unet import images
-from keras_unet.config import Config, PostprocessConfig, config_from_dict, flip_permutation, load_config
+from keras_unet.config import Config, PostprocessConfig, config_from_dict, load_config
 from keras_unet.errors import ConfigError, DataError, KerasUnetError
-from keras_unet.postprocess import clean_masks, mask_to_polygons
-from keras_unet.preprocess import prepare, unletterbox
+from keras_unet.postprocess import mask_to_polygons
+from keras_unet.segmenter import Predictor
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
 POLYGON_MIN_AREA = 10  # pixels; smaller predicted components are left out of Labelme files
 POLYGON_EPSILON = 0.5  # pixels; outline simplification for Labelme files
-
-
-class Predictor:
-    """A network plus the run settings it was trained with: raw image in, probabilities and masks out."""
-
-    def __init__(self, network, config: Config, source=""):
-        self.network = network  # callable: float32 (N, S, S, 1) -> float32 probabilities (N, S, S, C)
-        self.config = config
-        self.classes = list(config.classes)
-        self.source = str(source)
-        self.flip = flip_permutation(self.classes)
-
-    def predict_probs(self, image: np.ndarray, tta: bool | None = None) -> np.ndarray:
-        """(H, W, C) float32 probabilities at the image's original size; tta None uses the run's setting."""
-        image = _gray(image)
-        tta = self.config.postprocess.tta if tta is None else tta
-        views = [image, image[:, ::-1]] if tta and self.flip is not None else [image]
-        prepared = [prepare(view, self.config) for view in views]
-        batch = np.stack([x for x, _ in prepared]).astype(np.float32)
-        outputs = self._run(batch)
-        probs = [unletterbox(out, box) for out, (_, box) in zip(outputs, prepared)]
-        if len(probs) == 1:
-            return probs[0]
-        flipped_back = probs[1][:, ::-1][..., self.flip]
-        return ((probs[0] + flipped_back) * np.float32(0.5)).astype(np.float32)
-
-    def segment(self, image: np.ndarray, postprocess: PostprocessConfig | None = None):
-        """(probabilities, uint8 0/1 masks), both (H, W, C), cleaned with the run's settings unless given."""
-        settings = self.config.postprocess if postprocess is None else postprocess
-        probs = self.predict_probs(image, tta=settings.tta)
-        return probs, clean_masks(probs, self.classes, settings)
-
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        out = np.asarray(self.network(batch), dtype=np.float32)
-        size = self.config.image_size
-        if out.shape != (len(batch), size, size, len(self.classes)):
-            raise KerasUnetError(f"{self.source}: the network returned shape {out.shape}, expected "
-                                 f"{(len(batch), size, size, len(self.classes))} for {len(self.classes)} class(es)")
-        return out
-
-
-def _gray(image) -> np.ndarray:
-    a = np.asarray(image)
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[..., 0]
-    if a.ndim != 2 or a.size == 0:
-        raise ValueError(f"expected a non-empty 2-D grayscale image, got shape {a.shape}")
-    return a
 
 
 # -- loading ------------------------------------------------------------------------------------------

@@ -1,0 +1,62 @@
+"""The runtime-independent core of inference: raw image in, probabilities and masks at the original size out.
+
+Any network that maps float32 (N, S, S, 1) inputs to (N, S, S, C) probabilities plugs in: `inference.load_predictor`
+gives it Keras, SavedModel, TFLite or ONNX networks, `edge.EdgeSegmenter` a LiteRT one. numpy and OpenCV only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keras_unet.config import Config, PostprocessConfig, flip_permutation
+from keras_unet.errors import KerasUnetError
+from keras_unet.postprocess import clean_masks
+from keras_unet.preprocess import prepare, unletterbox
+
+
+class Predictor:
+    """A network plus the run settings it was trained with: raw image in, probabilities and masks out."""
+
+    def __init__(self, network, config: Config, source=""):
+        self.network = network  # callable: float32 (N, S, S, 1) -> float32 probabilities (N, S, S, C)
+        self.config = config
+        self.classes = list(config.classes)
+        self.source = str(source)
+        self.flip = flip_permutation(self.classes)
+
+    def predict_probs(self, image: np.ndarray, tta: bool | None = None) -> np.ndarray:
+        """(H, W, C) float32 probabilities at the image's original size; tta None uses the run's setting."""
+        image = _gray(image)
+        tta = self.config.postprocess.tta if tta is None else tta
+        views = [image, image[:, ::-1]] if tta and self.flip is not None else [image]
+        prepared = [prepare(view, self.config) for view in views]
+        batch = np.stack([x for x, _ in prepared]).astype(np.float32)
+        outputs = self._run(batch)
+        probs = [unletterbox(out, box) for out, (_, box) in zip(outputs, prepared)]
+        if len(probs) == 1:
+            return probs[0]
+        flipped_back = probs[1][:, ::-1][..., self.flip]
+        return ((probs[0] + flipped_back) * np.float32(0.5)).astype(np.float32)
+
+    def segment(self, image: np.ndarray, postprocess: PostprocessConfig | None = None):
+        """(probabilities, uint8 0/1 masks), both (H, W, C), cleaned with the run's settings unless given."""
+        settings = self.config.postprocess if postprocess is None else postprocess
+        probs = self.predict_probs(image, tta=settings.tta)
+        return probs, clean_masks(probs, self.classes, settings)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        out = np.asarray(self.network(batch), dtype=np.float32)
+        size = self.config.image_size
+        if out.shape != (len(batch), size, size, len(self.classes)):
+            raise KerasUnetError(f"{self.source}: the network returned shape {out.shape}, expected "
+                                 f"{(len(batch), size, size, len(self.classes))} for {len(self.classes)} class(es)")
+        return out
+
+
+def _gray(image) -> np.ndarray:
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim != 2 or a.size == 0:
+        raise ValueError(f"expected a non-empty 2-D grayscale image, got shape {a.shape}")
+    return a
