@@ -89,6 +89,20 @@ class SafeBackup(keras.callbacks.BackupAndRestore):
         if _finite((logs or {}).get("loss")):
             super().on_epoch_end(epoch, logs)
 
+    def _save_model(self):
+        """Keras's backup, with every file written through a temporary file and a rename (kill-safe)."""
+        backup = Path(self.backup_dir)
+        backup.mkdir(parents=True, exist_ok=True)
+        for latest, previous in ((self._weights_path, self._prev_weights_path),
+                                 (self._training_metadata_path, self._prev_training_metadata_path)):
+            if Path(latest).exists():
+                write_bytes_atomic(Path(previous), Path(latest).read_bytes())
+        tmp = backup / ".latest.tmp.weights.h5"
+        self.model.save_weights(str(tmp), overwrite=True)
+        os.replace(tmp, self._weights_path)
+        metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
+        write_bytes_atomic(Path(self._training_metadata_path), json.dumps(metadata).encode("utf-8"))
+
 
 def _finite(value) -> bool:
     try:
