@@ -5,20 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from keras_unet.cli import run_main
+from keras_unet.cli import add_inference_options, load_for_inference, run_main
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--model", required=True,
-                   help="model.keras (or its run folder), a SavedModel folder, a .tflite or an .onnx file")
+    add_inference_options(p)
     p.add_argument("--data", required=True, help="Labelme folder, or images with masks/<class>/<stem>.png")
     p.add_argument("--out", required=True, help="report folder to write")
     p.add_argument("--spacing", help="pixel spacing in mm, 'S' or 'ROW,COL': adds HD95 and ASSD in mm")
-    p.add_argument("--no-postprocess", action="store_true", help="threshold only: no small-component removal, "
-                                                                  "largest-component selection or hole filling")
-    p.add_argument("--no-tta", action="store_true", help="no horizontal-flip test-time augmentation")
-    p.add_argument("--threshold", type=float, help="probability threshold for every class (default: the run's)")
     p.add_argument("--sweep", action="store_true", help="also report mean Dice per class at thresholds 0.1..0.9")
     p.add_argument("--classes", help="comma-separated subset of the model's classes to score (default: all)")
     p.add_argument("--overwrite", action="store_true", help="replace the report files in an existing --out")
@@ -29,12 +24,9 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from keras_unet.evaluation import evaluate, parse_spacing
-    from keras_unet.inference import load_predictor, postprocess_settings
 
     spacing = parse_spacing(args.spacing)
-    predictor = load_predictor(args.model)
-    settings = postprocess_settings(predictor.config.postprocess, enabled=not args.no_postprocess,
-                                    tta=not args.no_tta, threshold=args.threshold)
+    predictor, settings = load_for_inference(args)
     evaluate(predictor, args.data, args.out, settings, spacing=spacing, sweep=args.sweep, classes=args.classes,
              overwrite=args.overwrite)
     return 0

@@ -21,3 +21,23 @@ def run_main(main, argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def add_inference_options(parser) -> None:
+    """--model, --no-postprocess, --no-tta and --threshold, shared by evaluate.py and predict.py."""
+    parser.add_argument("--model", required=True,
+                        help="model.keras (or its run folder), a SavedModel folder, a .tflite or an .onnx file")
+    parser.add_argument("--no-postprocess", action="store_true", help="threshold only: no small-component "
+                        "removal, largest-component selection or hole filling")
+    parser.add_argument("--no-tta", action="store_true", help="no horizontal-flip test-time augmentation")
+    parser.add_argument("--threshold", type=float, help="probability threshold for every class (default: the run's)")
+
+
+def load_for_inference(args):
+    """(predictor, post-processing settings) for parsed inference options."""
+    from keras_unet.inference import load_predictor, postprocess_settings
+
+    predictor = load_predictor(args.model)
+    settings = postprocess_settings(predictor.config.postprocess, enabled=not args.no_postprocess,
+                                    tta=not args.no_tta, threshold=args.threshold)
+    return predictor, settings
