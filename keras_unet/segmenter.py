@@ -44,6 +44,24 @@ class Predictor:
         probs = self.predict_probs(image, tta=settings.tta)
         return probs, clean_masks(probs, self.classes, settings)
 
+    def predict_passes(self, image: np.ndarray, tta: bool = True) -> list[np.ndarray]:
+        """Each pass's (h, w, C) probabilities at the network's resolution, letterbox padding cropped off.
+
+        The plain pass comes first; with tta (and a full left/right class pairing) the mirrored pass follows,
+        flipped back and with its left_*/right_* channels swapped, so both are aligned with the image.
+        """
+        image = _gray(image)
+        views = [image, image[:, ::-1]] if tta and self.flip is not None else [image]
+        prepared = [prepare(view, self.config) for view in views]
+        outputs = self._run(np.stack([x for x, _ in prepared]).astype(np.float32))
+        passes = []
+        for out, (_, box) in zip(outputs, prepared):
+            (h, w), (top, left) = box.inner, box.offset
+            passes.append(out[top:top + h, left:left + w])
+        if len(passes) == 2:
+            passes[1] = passes[1][:, ::-1][..., self.flip]
+        return [np.ascontiguousarray(p, dtype=np.float32) for p in passes]
+
     def _run(self, batch: np.ndarray) -> np.ndarray:
         out = np.asarray(self.network(batch), dtype=np.float32)
         size = self.config.image_size
