@@ -13,7 +13,8 @@ def parse_args(argv):
     add_inference_options(p)
     p.add_argument("--data", required=True, help="Labelme folder, or images with masks/<class>/<stem>.png")
     p.add_argument("--out", required=True, help="report folder to write")
-    p.add_argument("--spacing", help="pixel spacing in mm, 'S' or 'ROW,COL': adds HD95 and ASSD in mm")
+    p.add_argument("--spacing", help="pixel spacing in mm, 'S' or 'ROW,COL': adds HD95 and ASSD in mm "
+                                     "(default: each DICOM image's own PixelSpacing; this overrides it)")
     p.add_argument("--sweep", action="store_true", help="also report mean Dice per class at thresholds 0.1..0.9")
     p.add_argument("--classes", help="comma-separated subset of the model's classes to score (default: all)")
     p.add_argument("--overwrite", action="store_true", help="replace the report files in an existing --out")

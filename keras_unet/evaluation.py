@@ -58,6 +58,23 @@ def parse_spacing(text) -> tuple[float, float] | None:
     return values[0], values[1]
 
 
+def image_spacings(samples, override=None) -> list[tuple[float, float] | None]:
+    """Pixel spacing (row, column) in mm per sample: the override when given, else the sample's own (DICOM) one."""
+    return [override if override is not None else getattr(sample, "spacing", None) for sample in samples]
+
+
+def spacing_setting(override, spacings) -> tuple[list | str | None, str | None]:
+    """(spacing_mm, spacing_from) for summary.json: one [row, col] pair, "per image", or None; and its origin."""
+    if override is not None:
+        return list(override), "--spacing"
+    found = {tuple(s) for s in spacings if s is not None}
+    if not found:
+        return None, None
+    if len(found) == 1 and all(s is not None for s in spacings):
+        return list(found.pop()), "DICOM"
+    return "per image", "DICOM"
+
+
 def select_classes(predictor: Predictor, classes) -> list[str]:
     """The classes to score: all the model's, or the named subset of them."""
     if isinstance(classes, str):
@@ -132,7 +149,10 @@ def score_image(stem, pred, truth, classes, spacing) -> list[dict]:
 
 def evaluate(predictor: Predictor, data_dir, out, settings=None, spacing=None, sweep: bool = False,
              classes=None, overwrite: bool = False, log=print, progress: bool = True) -> dict:
-    """Score the predictor on a Labelme or image + mask folder and write the report folder; returns the summary."""
+    """Score the predictor on a Labelme or image + mask folder and write the report folder; returns the summary.
+
+    Distances in mm use `spacing` (row, column) for every image when given, else each DICOM image's own spacing.
+    """
     settings = predictor.config.postprocess if settings is None else settings
     classes = select_classes(predictor, classes)
     channels = [predictor.classes.index(c) for c in classes]
@@ -144,15 +164,16 @@ def evaluate(predictor: Predictor, data_dir, out, settings=None, spacing=None, s
     (out / OVERLAY_DIR).mkdir()
     tally = Sweep(classes) if sweep else None
     rows = []
+    spacings = image_spacings(samples, spacing)
     bar = Progress(len(samples)) if progress else None
     with (out / "metrics.csv").open("w", newline="") as handle:
-        writer = csv_writer(handle, spacing is not None)
-        for sample in samples:
+        writer = csv_writer(handle, any(s is not None for s in spacings))
+        for sample, image_spacing in zip(samples, spacings):
             image = images.read_image(sample.image_path)
             truth = read_truth(sample)
             probs, masks = predictor.segment(image, settings)
             masks = masks[..., channels]
-            image_rows = score_image(sample.stem, masks, truth, classes, spacing)
+            image_rows = score_image(sample.stem, masks, truth, classes, image_spacing)
             writer.writerows(image_rows)
             handle.flush()
             rows.extend(image_rows)
@@ -164,7 +185,8 @@ def evaluate(predictor: Predictor, data_dir, out, settings=None, spacing=None, s
                 bar.step()
     if bar:
         bar.close()
-    summary = build_summary(rows, classes, predictor, data_dir, settings, spacing, len(samples))
+    summary = build_summary(rows, classes, predictor, data_dir, settings, spacing_setting(spacing, spacings),
+                            len(samples))
     if tally:
         summary["sweep"] = {"thresholds": list(tally.thresholds), "best_threshold": tally.best()}
         write_sweep(out / "sweep.csv", tally.rows())
@@ -209,7 +231,8 @@ def image_scores(rows) -> dict:
 
 
 def build_summary(rows, classes, predictor, data_dir, settings, spacing, count) -> dict:
-    """summary.json content: statistics per class, settings used, stray-component counts."""
+    """summary.json content: statistics per class, settings used (spacing: spacing_setting's pair), stray components."""
+    spacing_mm, spacing_from = spacing
     stray = {name: sum(1 for r in rows if r["class"] == name and r["stray"] > 0) for name in classes}
     stray_images = len({r["image"] for r in rows if r["stray"] > 0})
     config = predictor.config
@@ -220,7 +243,8 @@ def build_summary(rows, classes, predictor, data_dir, settings, spacing, count) 
         "classes": classes,
         "settings": {
             "postprocess": dataclasses.asdict(settings),
-            "spacing_mm": None if spacing is None else list(spacing),
+            "spacing_mm": spacing_mm,
+            "spacing_from": spacing_from,
             "image_size": config.image_size,
             "line_width": config.line_width,
             "normalization": dataclasses.asdict(config.normalization),
@@ -228,6 +252,15 @@ def build_summary(rows, classes, predictor, data_dir, settings, spacing, count) 
         "metrics": _json_safe(summarize(rows, classes)),
         "stray_components": {"images": stray_images, "per_class": stray},
     }
+
+
+def _spacing_text(settings) -> str:
+    spacing, origin = settings["spacing_mm"], settings.get("spacing_from")
+    if spacing is None:
+        return "distances in pixels."
+    if spacing == "per image":
+        return "spacing per image from the DICOM files (mm figures for the images that have one)."
+    return f"spacing {spacing[0]} x {spacing[1]} mm" + (" (from the DICOM files)." if origin == "DICOM" else ".")
 
 
 def _json_safe(value):
@@ -273,12 +306,11 @@ def _link(stem) -> str:
 def write_report(path, summary, rows, tally=None) -> None:
     """report.md: settings, a table per class, the worst images with their overlays, the sweep."""
     post = summary["settings"]["postprocess"]
-    spacing = summary["settings"]["spacing_mm"]
     lines = [f"# Evaluation of `{summary['model']}`", "",
              f"Data: `{summary['data']}`, {summary['images']} image(s); classes: {', '.join(summary['classes'])}.",
              f"Threshold {post['threshold']}" + (f" (per class: {post['thresholds']})" if post["thresholds"] else "")
              + f"; post-processing {'on' if post['enabled'] else 'off'}; TTA {'on' if post['tta'] else 'off'}; "
-             + (f"spacing {spacing[0]} x {spacing[1]} mm." if spacing else "distances in pixels."),
+             + _spacing_text(summary["settings"]),
              f"Images with stray components: {summary['stray_components']['images']}.", ""]
     for name in summary["classes"]:
         entry = summary["metrics"][name]

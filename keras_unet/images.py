@@ -1,4 +1,4 @@
-"""Read any X-ray image file as one 2-D grayscale array, and write PNGs atomically (numpy + OpenCV only)."""
+"""Read any X-ray image file (DICOM too) as one 2-D grayscale array, and write PNGs atomically (numpy + OpenCV)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from keras_unet import dicom
 from keras_unet.errors import DataError
 
 MAX_PIXELS = 100_000_000  # images with more pixels than this are refused (about 10000 x 10000)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", *dicom.SUFFIXES)
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -21,8 +22,23 @@ _JPEG_STANDALONE = {0x01, 0xD0, 0xD1, 0xD2, 0xD3, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8}
 
 
 def read_image(path) -> np.ndarray:
-    """Read an image file as a 2-D grayscale array: uint8 or uint16 (float32 for floating-point TIFFs)."""
+    """Read an image file as a 2-D grayscale array: uint8 or uint16 (uint16 for DICOM, float32 for float TIFFs)."""
     return decode_image(read_bytes(path), path)
+
+
+def is_image_file(path) -> bool:
+    """Whether a folder entry is an image to read: a known suffix, or DICOM's 'DICM' marker (hidden files excluded)."""
+    path = Path(path)
+    if path.name.startswith(".") or not path.is_file():
+        return False
+    return path.suffix.lower() in IMAGE_SUFFIXES or dicom.is_dicom_file(path)
+
+
+def read_spacing(source) -> tuple[float, float] | None:
+    """Pixel spacing (row, column) in mm of a DICOM image (a path or its bytes); None for other formats."""
+    if isinstance(source, (bytes, bytearray)):
+        return dicom.read_spacing(source) if dicom.has_magic(source) else None
+    return dicom.read_spacing(source) if dicom.is_dicom_file(source) else None
 
 
 def read_bytes(path) -> bytes:
@@ -42,6 +58,8 @@ def decode_image(data: bytes, source) -> np.ndarray:
     """Decode image file bytes as a 2-D grayscale array; `source` names the file in errors."""
     if len(data) == 0:
         raise DataError(source, "empty file (0 bytes), not an image")
+    if dicom.is_dicom(data, source):
+        return _decode_dicom(data, source)
     kind = _sniff(data)
     if kind is None:
         raise DataError(source, "not an image (unrecognised file format)")
@@ -67,6 +85,10 @@ def decode_image(data: bytes, source) -> np.ndarray:
 
 def image_size(data: bytes, source) -> tuple[int, int]:
     """(height, width) of an image file's bytes, read from the header where the format allows."""
+    if data and dicom.is_dicom(data, source):
+        size = dicom.image_size(dicom.parse(data, source, pixels=False), source)
+        _check_size(*size, source)
+        return size
     kind = _sniff(data) if data else None
     size = _header_size(data, kind) if kind else None
     if size is None or size[0] <= 0 or size[1] <= 0:
@@ -116,6 +138,12 @@ def write_bytes_atomic(path, data: bytes, durable: bool = False) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _decode_dicom(data: bytes, source) -> np.ndarray:
+    dataset = dicom.parse(data, source)
+    _check_size(*dicom.image_size(dataset, source), source)
+    return dicom.decode(dataset, source)
 
 
 def _first_line(error) -> str:

@@ -195,16 +195,15 @@ class Progress:
 
 
 def list_images(path) -> list[Path]:
-    """An image file as a one-item list, or a folder's image files (not recursive, sorted, hidden ones left out)."""
+    """An image file as a one-item list, or a folder's image files, DICOM of any name too (not recursive, sorted)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(path, "input not found")
     if path.is_file():
         return [path]
-    found = sorted(p for p in path.iterdir()
-                   if p.is_file() and p.suffix.lower() in images.IMAGE_SUFFIXES and not p.name.startswith("."))
+    found = sorted(p for p in path.iterdir() if images.is_image_file(p))
     if not found:
-        raise DataError(path, f"no image files ({', '.join(images.IMAGE_SUFFIXES)}) in this folder")
+        raise DataError(path, f"no image files ({', '.join(images.IMAGE_SUFFIXES)}, or DICOM) in this folder")
     return found
 
 

@@ -75,9 +75,10 @@ class Sample:
     """One training example on disk: a single-channel PNG image and one 0/255 PNG mask per class."""
 
     stem: str
-    image_path: Path
+    image_path: Path  # a DICOM source is converted once into a 16-bit PNG in the cache
     mask_paths: list[Path]
     source: Path  # the Labelme JSON, or the user's image file in an image + mask folder
+    spacing: tuple[float, float] | None = None  # (row, column) mm per pixel, from a DICOM source's header
 
 
 # -- rasterising --------------------------------------------------------------------------------------
@@ -312,7 +313,8 @@ def _prepare_labelme(data_dir, json_files, classes, cache, line_width, log, prob
         entries[stem] = entry
         total = total + RasterStats.from_dict(entry["stats"])
         warnings.extend(entry.get("warnings", []))
-        samples.append(Sample(stem=stem, image_path=image_file, mask_paths=mask_files, source=json_path))
+        samples.append(Sample(stem=stem, image_path=image_file, mask_paths=mask_files, source=json_path,
+                              spacing=_spacing(entry)))
     _remove_stale(cache, classes, old, entries)
     _write_index(cache, classes, line_width, entries, data_dir)
     outside = sum(1 for e in entries.values() if e.get("image_file") and not ann._is_inside(Path(e["image_file"]), data_dir))
@@ -354,6 +356,7 @@ def _generate_labelme(json_path, data_dir, classes, line_width, json_print, imag
         "image_file": str(annotation.image_path) if external else None,
         "image": _fingerprint(annotation.image_path) if external else None,
         "size": [annotation.height, annotation.width],
+        "spacing": _spacing_entry(images.read_spacing(annotation.image_path if external else annotation.image_data)),
         "stats": stats.to_dict(),
         "warnings": warnings,
     }
@@ -361,12 +364,10 @@ def _generate_labelme(json_path, data_dir, classes, line_width, json_print, imag
 
 def _prepare_image_masks(data_dir, classes, cache, log) -> list[Sample]:
     image_dir = data_dir / IMAGES_FOLDER if (data_dir / IMAGES_FOLDER).is_dir() else data_dir
-    image_paths = sorted(
-        p for p in image_dir.iterdir()
-        if p.is_file() and p.suffix.lower() in images.IMAGE_SUFFIXES and not p.name.startswith(".")
-    )
+    image_paths = sorted(p for p in image_dir.iterdir() if images.is_image_file(p))
     if not image_paths:
-        raise DataError(image_dir, "no image files (" + ", ".join(images.IMAGE_SUFFIXES) + ") beside masks/")
+        suffixes = ", ".join(images.IMAGE_SUFFIXES)
+        raise DataError(image_dir, f"no image files ({suffixes}, or DICOM) beside masks/")
     absent = [name for name in classes if not (data_dir / "masks" / name).is_dir()]
     if absent:
         found = sorted(p.name for p in (data_dir / "masks").iterdir() if p.is_dir())
@@ -410,6 +411,7 @@ def _prepare_image_masks(data_dir, classes, cache, log) -> list[Sample]:
                 image_path=Path(entry["image_path"]),
                 mask_paths=[Path(p) for p in entry["mask_paths"]],
                 source=image_path,
+                spacing=_spacing(entry),
             )
         )
     if not samples:
@@ -461,6 +463,7 @@ def _check_image_masks(image_path, present, classes, cache, stem, prints) -> dic
         "prints": prints,
         "image_path": str(cached_image),
         "mask_paths": [str(p) for p in mask_paths],
+        "spacing": _spacing_entry(images.read_spacing(image_path)),
         "stats": RasterStats(pixels=pixels).to_dict(),
     }
 
@@ -552,6 +555,16 @@ def _remove_stale(cache: Path, classes, old: dict, entries: dict) -> None:
     for stem in set(old) - set(entries):
         for folder in [IMAGES_FOLDER, *classes]:
             (cache / folder / f"{stem}.png").unlink(missing_ok=True)
+
+
+def _spacing_entry(spacing) -> list[float] | None:
+    return None if spacing is None else [float(v) for v in spacing]
+
+
+def _spacing(entry: dict) -> tuple[float, float] | None:
+    """A cache entry's pixel spacing (row, column) in mm, None when its image has none (or an older cache)."""
+    value = entry.get("spacing")
+    return (float(value[0]), float(value[1])) if isinstance(value, list) and len(value) == 2 else None
 
 
 def _float_to_uint16(image: np.ndarray) -> np.ndarray:

@@ -112,3 +112,36 @@ def make_blob_run(folder) -> Path:
     config = tiny_config()
     config.postprocess.tta = False
     return _save_run(blob_model(), folder, config)
+
+
+def write_dicom(path, stored: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int = 16,
+                transfer_syntax: str | None = None, pixel_data: bytes | None = None, **elements) -> Path:
+    """Write a single-frame grayscale DICOM file (pydicom) of stored values; keyword elements are added as given.
+
+    For example slope/intercept as RescaleSlope=2, RescaleIntercept=-1000; a window as WindowCenter, WindowWidth;
+    spacing as PixelSpacing=[row, col]. transfer_syntax with pixel_data writes that (e.g. encapsulated) data as is.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    stored = np.asarray(stored)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = stored.shape[:2]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
+    ds.PixelRepresentation = 1 if stored.dtype.kind == "i" else 0
+    ds.PixelData = pixel_data if pixel_data is not None else stored.astype(stored.dtype.newbyteorder("<")).tobytes()
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
