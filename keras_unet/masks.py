@@ -300,17 +300,19 @@ def _prepare_labelme(data_dir, json_files, classes, cache, line_width, log, prob
         image_file = cache / IMAGES_FOLDER / f"{stem}.png"
         mask_files = [cache / name / f"{stem}.png" for name in classes]
         entry = old.get(stem)
+        fresh = False
         try:
             json_print = _fingerprint(json_path)
             if not _still_valid(entry, json_print, [image_file, *mask_files]):
                 entry = _generate_labelme(json_path, data_dir, classes, line_width, json_print, image_file, mask_files)
                 regenerated += 1
+                fresh = True
         except DataError as error:
             problems.append((json_path, file_problem(json_path, error)))
             continue
-            if regenerated % 50 == 0:  # keep finished work if interrupted
-                _write_index(cache, classes, line_width, {**old, **entries, stem: entry}, data_dir)
         entries[stem] = entry
+        if fresh and regenerated % 50 == 0:  # keep finished work if interrupted
+            _write_index(cache, classes, line_width, {**old, **entries}, data_dir)
         total = total + RasterStats.from_dict(entry["stats"])
         warnings.extend(entry.get("warnings", []))
         samples.append(Sample(stem=stem, image_path=image_file, mask_paths=mask_files, source=json_path,
