@@ -33,6 +33,12 @@ def parse_args(argv):
     p.add_argument("--cache-dir", help="where generated masks are cached (default ~/.cache/keras_unet)")
     p.add_argument("--skip-bad", action="store_true",
                    help="train on the usable annotation files; list the others in RUN/skipped.txt")
+    p.add_argument("--init-weights", metavar="PATH",
+                   help="start from an earlier model.keras, run folder or RUN/pretrain/body.weights.npz "
+                        "(layers whose name and weight shapes match)")
+    p.add_argument("--pretrain", metavar="DIR",
+                   help="first pretrain the U-Net on the images in DIR (unlabelled; inpainting), then train from it")
+    p.add_argument("--pretrain-epochs", type=int, help="epochs of --pretrain (default 8)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p.parse_args(argv)
@@ -49,7 +55,8 @@ def main(argv=None) -> int:
         "model.depth": args.depth, "model.base_filters": args.base_filters, "model.dropout": args.dropout,
         "model.upsampling": args.upsampling, "early_stopping": args.early_stopping,
         "augment.enabled": False if args.no_augment else None, "cache_dir": args.cache_dir,
-        "skip_bad": True if args.skip_bad else None,
+        "skip_bad": True if args.skip_bad else None, "init_weights": args.init_weights,
+        "pretrain_data": args.pretrain, "pretrain.epochs": args.pretrain_epochs,
     })
     from keras_unet.training import train  # imported late: TensorFlow start-up only once arguments are good
 

@@ -118,3 +118,29 @@ def test_cli_flags_override_config_file(small_data, tmp_path):
     assert "validation Dice" in proc.stdout
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert saved["batch_size"] == 2 and saved["epochs"] == 1 and saved["model"]["depth"] == 2
+
+
+def test_foreground_fractions_and_prior_bias(tmp_path):
+    from keras_unet.images import write_png
+    from keras_unet.masks import Sample
+    from keras_unet.model import model_from_config
+    from keras_unet.training import foreground_fractions, set_prior_bias
+
+    samples = []
+    for k, (a, b) in enumerate([(10, 0), (30, 5)]):  # foreground pixels of class a / class b in a 10x10 mask
+        paths = []
+        for name, count in (("a", a), ("b", b)):
+            plane = np.zeros(100, np.uint8)
+            plane[:count] = 255
+            paths.append(tmp_path / f"{name}{k}.png")
+            write_png(paths[-1], plane.reshape(10, 10))
+        samples.append(Sample(stem=str(k), image_path=tmp_path / "x.png", mask_paths=paths, source=tmp_path))
+    fractions = foreground_fractions(samples)
+    np.testing.assert_allclose(fractions, [40 / 200, 5 / 200])
+    config = merge(Config(classes=["a", "b"], image_size=32), {"model.depth": 2, "model.base_filters": 4})
+    model = model_from_config(config)
+    set_prior_bias(model, fractions)
+    probs = 1 / (1 + np.exp(-np.asarray(model.get_layer("logits").bias)))
+    np.testing.assert_allclose(probs, [0.2, 0.025], rtol=1e-5)
+    set_prior_bias(model, [0.0, 1.0])  # empty and full classes are clipped, never infinite
+    np.testing.assert_allclose(1 / (1 + np.exp(-np.asarray(model.get_layer("logits").bias))), [1e-4, 0.5], rtol=1e-4)
