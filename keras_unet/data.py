@@ -113,8 +113,9 @@ def augment_example(image, masks, seed, config, flip_perm):
     image, masks = stacked[..., :1], stacked[..., 1:]
     if flip_perm is not None:
         flip = _uniform(seed, 4, 0.0, 1.0) < 0.5
-        image = tf.where(flip, image[:, ::-1], image)
-        masks = tf.where(flip, tf.gather(masks[:, ::-1], flip_perm, axis=-1), masks)
+        # tf.cond computes only the branch taken (tf.where would build both and select: 3x the work)
+        image, masks = tf.cond(flip, lambda: (image[:, ::-1], tf.gather(masks[:, ::-1], flip_perm, axis=-1)),
+                               lambda: (image, masks))
     if a.contrast:
         mean = tf.reduce_mean(image)
         image = (image - mean) * _uniform(seed, 5, 1.0 - a.contrast, 1.0 + a.contrast) + mean

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,14 @@ from keras_unet.segmenter import Predictor
 
 METADATA_FILE = "metadata.json"
 _QUANTISED = (np.uint8, np.int8)
+
+
+def default_threads() -> int:
+    """Threads for the runtimes: the CPU cores this process may use (LiteRT alone would take 1)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _interpreter_class():
@@ -47,14 +56,17 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 
 
 class TFLiteModel:
-    """A .tflite network: float32 (N, S, S, 1) batches in [0, 1] to float32 probabilities (N, S, S, C)."""
+    """A .tflite network: float32 (N, S, S, 1) batches in [0, 1] to float32 probabilities (N, S, S, C).
+
+    num_threads: LiteRT (XNNPACK) threads; None uses every core this process may run on."""
 
     def __init__(self, path, num_threads: int | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise DataError(self.path, "model file not found")
+        self.num_threads = int(num_threads) if num_threads else default_threads()
         try:
-            self.interpreter = _interpreter_class()(model_path=str(self.path), num_threads=num_threads)
+            self.interpreter = _interpreter_class()(model_path=str(self.path), num_threads=self.num_threads)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise DataError(self.path, f"cannot load the TFLite model ({_first_line(exc)})") from None
@@ -164,7 +176,7 @@ def parse_args(argv):
     p.add_argument("model", help=".tflite file with the export's metadata.json beside it")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--out", required=True, help="output folder: OUT/<class>/<image stem>.png (0/255)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for LiteRT (default: its own choice)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for LiteRT (default: all cores)")
     p.add_argument("--no-tta", action="store_true", help="skip the horizontal-flip test-time augmentation")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p.parse_args(argv)

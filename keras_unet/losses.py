@@ -67,6 +67,18 @@ class BceDiceLoss(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class BceLoss(keras.losses.Loss):
+    """Binary cross-entropy alone (mean over pixels and classes), per image: the loss of the classic U-Net."""
+
+    def __init__(self, name: str = "bce_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        y_true, y_pred = _as_float(y_true, y_pred)
+        return ops.mean(ops.binary_crossentropy(y_true, y_pred), axis=(1, 2, 3))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class FocalTverskyLoss(keras.losses.Loss):
     """(1 - Tversky index) ** gamma averaged over classes, per image (Abraham & Khan 2019)."""
 
@@ -85,11 +97,11 @@ class FocalTverskyLoss(keras.losses.Loss):
                 "gamma": self.gamma, "smooth": self.smooth}
 
 
-LOSSES = {"bce_dice": BceDiceLoss, "dice": DiceLoss, "focal_tversky": FocalTverskyLoss}
+LOSSES = {"bce_dice": BceDiceLoss, "bce": BceLoss, "dice": DiceLoss, "focal_tversky": FocalTverskyLoss}
 
 
 def get_loss(name: str) -> keras.losses.Loss:
-    """Loss instance by its config name (bce_dice, dice, focal_tversky)."""
+    """Loss instance by its config name (bce_dice, bce, dice, focal_tversky)."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
     return LOSSES[name]()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,19 @@ def _runtime():
     return onnxruntime
 
 
+def default_threads() -> int:
+    """Threads for the runtime: the CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 class OnnxModel:
-    """An .onnx network: float32 (N, S, S, 1) batches in [0, 1] to float32 probabilities (N, S, S, C)."""
+    """An .onnx network: float32 (N, S, S, 1) batches in [0, 1] to float32 probabilities (N, S, S, C).
+
+    num_threads: intra-op threads; None uses every core this process may run on, 0 leaves the choice to
+    ONNX Runtime (its physical-core count). Operators run one after the other (one inter-op thread)."""
 
     def __init__(self, path, num_threads: int | None = None, providers=None):
         self.path = Path(path)
@@ -26,8 +38,9 @@ class OnnxModel:
             raise DataError(self.path, "model file not found")
         ort = _runtime()
         options = ort.SessionOptions()
-        if num_threads:
-            options.intra_op_num_threads = int(num_threads)
+        options.intra_op_num_threads = default_threads() if num_threads is None else int(num_threads)
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options,
                                                 providers=providers or ["CPUExecutionProvider"])
