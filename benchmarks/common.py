@@ -123,6 +123,17 @@ class Report:
             print(f"ratio {name} {value:.3f}", flush=True)
 
 
+
+def tf_report(name: str, args) -> tuple["Report", int]:
+    """Thread limits and TensorFlow's pools set to --threads (default: cores), and the script's Report."""
+    threads = args.threads or cores()
+    limit_threads(threads)
+    configure_tf(threads)
+    import tensorflow as tf
+
+    mode = "quick" if args.quick else "full"
+    return Report(f"{name}: TensorFlow {tf.__version__}, {threads} threads, {mode}"), threads
+
 def load_average() -> str:
     try:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())

@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Report, bench_config, configure_tf, conv_flops, cores, interleave, limit_threads, median
+from common import bench_config, conv_flops, interleave, median, tf_report
 
 TILE = 128  # px: the model is trained on phantoms of this size, and sees anatomy at this scale at every size
 
@@ -239,15 +239,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    threads = args.threads or cores()
-    limit_threads(threads)
-    configure_tf(threads)
+    report, threads = tf_report("inference", args)
     import numpy as np
-    import tensorflow as tf
 
     from keras_unet.export import load_batch
 
-    report = Report(f"inference: TensorFlow {tf.__version__}, {threads} threads, {'quick' if args.quick else 'full'}")
     fractions = {}
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as folder:
         folder = Path(folder)

@@ -18,8 +18,7 @@ import argparse
 import dataclasses
 import tempfile
 
-from common import (Report, bench_config, configure_tf, cores, interleave, limit_threads, median, phantom_samples,
-                    spread)
+from common import bench_config, interleave, median, phantom_samples, spread, tf_report
 
 
 def pipeline_epoch(dataset):
@@ -103,12 +102,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    threads = args.threads or cores()
-    limit_threads(threads)
-    configure_tf(threads)
-    import tensorflow as tf
+    report, _ = tf_report("pipeline", args)
 
-    report = Report(f"pipeline: TensorFlow {tf.__version__}, {threads} threads, {'quick' if args.quick else 'full'}")
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as folder:
         samples = phantom_samples(folder, args.images, size=512)
         for size in (int(s) for s in args.sizes.split(",")):
