@@ -26,13 +26,8 @@ class Predictor:
 
     def predict_probs(self, image: np.ndarray, tta: bool | None = None) -> np.ndarray:
         """(H, W, C) float32 probabilities at the image's original size; tta None uses the run's setting."""
-        image = _gray(image)
         tta = self.config.postprocess.tta if tta is None else tta
-        views = [image, image[:, ::-1]] if tta and self.flip is not None else [image]
-        prepared = [prepare(view, self.config) for view in views]
-        batch = np.stack([x for x, _ in prepared]).astype(np.float32)
-        outputs = self._run(batch)
-        probs = [unletterbox(out, box) for out, (_, box) in zip(outputs, prepared)]
+        probs = [unletterbox(out, box) for out, box in self._views(image, tta)]
         if len(probs) == 1:
             return probs[0]
         flipped_back = probs[1][:, ::-1][..., self.flip]
@@ -50,17 +45,21 @@ class Predictor:
         The plain pass comes first; with tta (and a full left/right class pairing) the mirrored pass follows,
         flipped back and with its left_*/right_* channels swapped, so both are aligned with the image.
         """
-        image = _gray(image)
-        views = [image, image[:, ::-1]] if tta and self.flip is not None else [image]
-        prepared = [prepare(view, self.config) for view in views]
-        outputs = self._run(np.stack([x for x, _ in prepared]).astype(np.float32))
         passes = []
-        for out, (_, box) in zip(outputs, prepared):
+        for out, box in self._views(image, tta):
             (h, w), (top, left) = box.inner, box.offset
             passes.append(out[top:top + h, left:left + w])
         if len(passes) == 2:
             passes[1] = passes[1][:, ::-1][..., self.flip]
         return [np.ascontiguousarray(p, dtype=np.float32) for p in passes]
+
+    def _views(self, image, tta: bool) -> list:
+        """(network output, letterbox) for the image and, with tta and a full left/right pairing, its mirror."""
+        image = _gray(image)
+        views = [image, image[:, ::-1]] if tta and self.flip is not None else [image]
+        prepared = [prepare(view, self.config) for view in views]
+        outputs = self._run(np.stack([x for x, _ in prepared]).astype(np.float32))
+        return [(out, box) for out, (_, box) in zip(outputs, prepared)]
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         out = np.asarray(self.network(batch), dtype=np.float32)
