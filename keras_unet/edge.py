@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_unet.config import Config, config_from_dict
-from keras_unet.errors import ConfigError, DataError, KerasUnetError
+from keras_unet.errors import ConfigError, DataError, KerasUnetError, first_line
 from keras_unet.postprocess import clean_masks
 from keras_unet.segmenter import Predictor
 
@@ -69,7 +69,7 @@ class TFLiteModel:
             self.interpreter = _interpreter_class()(model_path=str(self.path), num_threads=self.num_threads)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise DataError(self.path, f"cannot load the TFLite model ({_first_line(exc)})") from None
+            raise DataError(self.path, f"cannot load the TFLite model ({first_line(exc)})") from None
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         for detail in (self.input, self.output):
@@ -121,7 +121,7 @@ def read_metadata(model_path) -> tuple[dict, Config]:
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found; keep the export's metadata.json beside the model") from None
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read metadata ({_first_line(exc)})") from None
+        raise ConfigError(f"{path}: cannot read metadata ({first_line(exc)})") from None
     if not isinstance(values, dict) or not isinstance(values.get("config"), dict):
         raise ConfigError(f"{path}: metadata has no \"config\" mapping of run settings")
     config = config_from_dict(values["config"], f"{path}: config").validate()
@@ -145,11 +145,6 @@ class EdgeSegmenter(Predictor):
         """(probabilities, uint8 0/1 masks), both (H, W, C), cleaned with the run's post-processing."""
         probs = self.predict_probs(image, tta)
         return probs, clean_masks(probs, self.classes, self.config.postprocess)
-
-
-def _first_line(exc) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def segment_files(segmenter: EdgeSegmenter, paths, out, tta: bool | None = None, log=print) -> int:

@@ -16,3 +16,9 @@ class DataError(KerasUnetError):
 
 class ConfigError(KerasUnetError):
     """A setting, command-line flag or config file that cannot be used."""
+
+
+def first_line(exc) -> str:
+    """An exception's first non-empty line, stripped, or its type name when it has no message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

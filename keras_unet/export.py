@@ -27,7 +27,7 @@ import numpy as np
 
 from keras_unet import __version__, images
 from keras_unet.config import Config, load_config
-from keras_unet.errors import ConfigError, DataError, KerasUnetError
+from keras_unet.errors import ConfigError, DataError, KerasUnetError, first_line
 from keras_unet.preprocess import prepare
 
 FORMATS = ("saved_model", "tflite", "tflite_fp16", "tflite_int8", "onnx")
@@ -124,7 +124,7 @@ def load_run(model_path) -> tuple:
     try:
         model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a broken or foreign file
-        raise DataError(model_path, f"cannot load the Keras model ({_first_line(exc)})") from None
+        raise DataError(model_path, f"cannot load the Keras model ({first_line(exc)})") from None
     return model, config
 
 
@@ -147,7 +147,7 @@ def float32_model(model, config: Config):
         rebuilt = model_from_config(config)
         rebuilt.set_weights(model.get_weights())
     except ValueError as exc:
-        raise ConfigError(f"the model does not match its config.json ({_first_line(exc)})") from None
+        raise ConfigError(f"the model does not match its config.json ({first_line(exc)})") from None
     finally:
         keras.config.set_dtype_policy(previous)
     return rebuilt
@@ -258,7 +258,7 @@ def write_saved_model(model, path: Path, size: int) -> None:
     try:
         model.export(str(path), format="tf_saved_model", input_signature=[spec], verbose=False)
     except Exception as exc:  # TensorFlow raises many types
-        raise ExportError(f"saved_model: export failed ({_first_line(exc)})") from exc
+        raise ExportError(f"saved_model: export failed ({first_line(exc)})") from exc
 
 
 def convert_tflite(saved_model: Path, mode: str, calibration=None) -> bytes:
@@ -333,7 +333,7 @@ def write_artifact(fmt: str, model, folder: Path, saved_model: Path, config: Con
     except KerasUnetError:
         raise
     except Exception as exc:  # converters raise many types
-        raise ExportError(f"{fmt}: conversion failed ({_first_line(exc)})") from exc
+        raise ExportError(f"{fmt}: conversion failed ({first_line(exc)})") from exc
     return path
 
 
@@ -615,6 +615,3 @@ def parity_failures(metadata: dict) -> list[str]:
     return lines
 
 
-def _first_line(exc) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__

@@ -19,7 +19,7 @@ import numpy as np
 
 from keras_unet import images
 from keras_unet.config import Config, PostprocessConfig, config_from_dict, load_config
-from keras_unet.errors import ConfigError, DataError, KerasUnetError
+from keras_unet.errors import ConfigError, DataError, KerasUnetError, first_line
 from keras_unet.postprocess import mask_to_polygons
 from keras_unet.segmenter import Predictor
 
@@ -99,7 +99,7 @@ def _keras_network(path: Path, config: Config):
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a broken or foreign file
-        raise DataError(path, f"cannot load the Keras model ({_first_line(exc)})") from None
+        raise DataError(path, f"cannot load the Keras model ({first_line(exc)})") from None
     if not tf.config.list_physical_devices("GPU"):
         from keras_unet.export import float32_model
 
@@ -117,7 +117,7 @@ def _saved_model_network(path: Path):
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:
-        raise DataError(path, f"cannot load the SavedModel ({_first_line(exc)})") from None
+        raise DataError(path, f"cannot load the SavedModel ({first_line(exc)})") from None
     if hasattr(loaded, "serve"):
         serve = loaded.serve
     elif "serving_default" in getattr(loaded, "signatures", {}):
@@ -132,11 +132,6 @@ def _saved_model_network(path: Path):
         return np.asarray(out)
 
     return network
-
-
-def _first_line(exc) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 # -- settings -----------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_unet.errors import DataError, KerasUnetError
+from keras_unet.errors import DataError, KerasUnetError, first_line
 
 
 def _runtime():
@@ -45,7 +45,7 @@ class OnnxModel:
             self.session = ort.InferenceSession(str(self.path), sess_options=options,
                                                 providers=providers or ["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for broken files
-            raise DataError(self.path, f"cannot load the ONNX model ({_first_line(exc)})") from None
+            raise DataError(self.path, f"cannot load the ONNX model ({first_line(exc)})") from None
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
 
@@ -57,6 +57,3 @@ class OnnxModel:
         return np.asarray(self.session.run([self.output_name], {self.input_name: x})[0], dtype=np.float32)
 
 
-def _first_line(exc) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__

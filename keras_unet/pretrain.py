@@ -21,7 +21,7 @@ from keras import layers, ops
 from keras_unet import __version__, images
 from keras_unet.config import Config, load_config
 from keras_unet.data import AUTOTUNE, augment_example, decode_gray, letterbox, normalize
-from keras_unet.errors import ConfigError, DataError, KerasUnetError
+from keras_unet.errors import ConfigError, DataError, KerasUnetError, first_line
 from keras_unet.model import model_from_config
 
 PRETRAIN_DIR = "pretrain"  # inside the run directory
@@ -94,16 +94,11 @@ def read_source(path) -> SourceWeights:
     return SourceWeights(file, weights, _settings_beside(file) or settings)
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
 def _read_keras(file: Path) -> dict:
     try:
         model = keras.saving.load_model(file, compile=False, safe_mode=True)
     except Exception as exc:  # a zip, JSON or h5 problem, or an unknown layer: all mean "cannot use this file"
-        raise DataError(file, f"cannot read the model ({_first_line(exc)})") from None
+        raise DataError(file, f"cannot read the model ({first_line(exc)[:200]})") from None
     return layer_weights(model)
 
 
@@ -118,7 +113,7 @@ def _read_npz(file: Path) -> tuple[dict, dict | None]:
     except DataError:
         raise
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(file, f"cannot read the weights file ({_first_line(exc)})") from None
+        raise DataError(file, f"cannot read the weights file ({first_line(exc)[:200]})") from None
     return weights, meta.get("settings")
 
 
@@ -246,7 +241,7 @@ def load_image(path, config: Config) -> np.ndarray:
         try:
             raw = decode_gray(str(path))  # exactly what training reads for a grayscale PNG
         except tf.errors.OpError as exc:
-            raise DataError(path, f"cannot decode the PNG ({_first_line(exc)})") from None
+            raise DataError(path, f"cannot decode the PNG ({first_line(exc)[:200]})") from None
     else:
         raw = tf.constant(_as_16bit_scale(images.decode_image(data, path))[..., None])
     return letterbox(normalize(raw, config.normalization), config.image_size).numpy()
