@@ -24,20 +24,21 @@ def run_main(main, argv=None) -> int:
 
 
 def add_inference_options(parser) -> None:
-    """--model, --no-postprocess, --no-tta and --threshold, shared by evaluate.py and predict.py."""
+    """--model, --no-postprocess, --no-tta, --threshold and --no-refine, shared by evaluate.py and predict.py."""
     parser.add_argument("--model", required=True,
                         help="model.keras (or its run folder), a SavedModel folder, a .tflite or an .onnx file")
     parser.add_argument("--no-postprocess", action="store_true", help="threshold only: no small-component "
                         "removal, largest-component selection or hole filling")
     parser.add_argument("--no-tta", action="store_true", help="no horizontal-flip test-time augmentation")
     parser.add_argument("--threshold", type=float, help="probability threshold for every class (default: the run's)")
+    parser.add_argument("--no-refine", action="store_true", help="leave out the run's refine stage (refine/ folder)")
 
 
 def load_for_inference(args):
     """(predictor, post-processing settings) for parsed inference options."""
     from keras_unet.inference import load_predictor, postprocess_settings
 
-    predictor = load_predictor(args.model)
+    predictor = load_predictor(args.model, refine=not args.no_refine)
     settings = postprocess_settings(predictor.config.postprocess, enabled=not args.no_postprocess,
                                     tta=not args.no_tta, threshold=args.threshold)
     return predictor, settings

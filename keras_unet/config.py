@@ -16,6 +16,7 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 UPSAMPLING = ("transpose", "bilinear")
 NORMALIZATIONS = ("percentile", "minmax", "none")
 PRETRAIN_LOSSES = ("l1", "mse")
+REFINE_DIR = "refine"  # the refine stage's run folder, inside the first stage's
 
 
 @dataclass
@@ -83,6 +84,28 @@ class PretrainConfig:
 
 
 @dataclass
+class CropConfig:
+    """This model's inputs: whole images, or square crops around each structure of the listed classes."""
+
+    classes: list = field(default_factory=list)  # empty: whole images (a first stage); else one crop per class
+    margin: float = 0.25  # crop side = the structure's longer side x (1 + 2 margin), centred on it
+    jitter: float = 0.1  # training only: random shift (fraction of the side) and scale (1 +- jitter) of the crop
+
+
+@dataclass
+class RefineConfig:
+    """A second U-Net, trained after the first on crops around each structure, that re-segments them finer."""
+
+    enabled: bool = False
+    classes: list = field(default_factory=list)  # empty: every class
+    image_size: int = 192  # network input side for the crops
+    epochs: int = 30
+    base_filters: int = 0  # 0: as the first stage
+    margin: float = 0.25  # see CropConfig
+    jitter: float = 0.1
+
+
+@dataclass
 class Config:
     """Every setting of a run; command-line flags override a config file, which overrides defaults."""
 
@@ -109,6 +132,8 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    crops: CropConfig = field(default_factory=CropConfig)
     version: str = __version__
 
     def validate(self) -> "Config":
@@ -134,6 +159,7 @@ class Config:
              "normalization percentiles must satisfy 0 <= low < high <= 100"),
             (len(set(self.classes)) == len(self.classes), f"classes repeat a name: {self.classes}"),
             *self.pretrain_checks(),
+            *self.refine_checks(),
         ]
         for ok, message in checks:
             if not ok:
@@ -161,6 +187,36 @@ class Config:
             (p.outside_weight >= 0, f"pretrain.outside_weight must be at least 0, got {p.outside_weight}"),
         ]
 
+    def refine_checks(self) -> list:
+        """(ok, message) pairs for the refine and crops sections."""
+        r, c = self.refine, self.crops
+        depth = 2 ** self.model.depth
+        unknown = sorted(set(r.classes) - set(self.classes)) if self.classes else []
+        return [
+            (r.image_size >= depth and r.image_size % depth == 0,
+             f"refine.image_size {r.image_size} must be a multiple of 2**depth = {depth}"),
+            (r.epochs >= 1, f"refine.epochs must be at least 1, got {r.epochs}"),
+            (r.base_filters >= 0, f"refine.base_filters must be at least 0, got {r.base_filters}"),
+            (not unknown, f"refine.classes names classes the model does not have: {', '.join(unknown)}"),
+            *[(m >= 0, f"{name}.margin must be at least 0, got {m}") for name, m in
+              (("refine", r.margin), ("crops", c.margin))],
+            *[(0 <= j < 0.5, f"{name}.jitter must be in [0, 0.5), got {j}") for name, j in
+              (("refine", r.jitter), ("crops", c.jitter))],
+            (not (r.enabled and c.classes), "refine.enabled is for a whole-image model, but crops.classes is set"),
+        ]
+
+    def refine_stage(self) -> "Config":
+        """The settings of the refine stage's model: this run's, on crops, in the run's refine/ folder."""
+        r = self.refine
+        stage = config_from_dict(self.to_dict(), "refine stage")
+        stage.image_size, stage.epochs = r.image_size, r.epochs
+        stage.model.base_filters = r.base_filters or self.model.base_filters
+        stage.out = str(Path(self.out) / REFINE_DIR)
+        stage.refine = RefineConfig()
+        stage.crops = CropConfig(classes=list(r.classes or self.classes), margin=r.margin, jitter=r.jitter)
+        stage.init_weights = stage.pretrain_data = ""
+        return stage
+
     def to_dict(self) -> dict:
         """Plain nested dict, JSON-ready."""
         return dataclasses.asdict(self)
@@ -179,6 +235,8 @@ _SECTIONS = {
     "augment": AugmentConfig,
     "postprocess": PostprocessConfig,
     "pretrain": PretrainConfig,
+    "refine": RefineConfig,
+    "crops": CropConfig,
 }
 
 

@@ -7,7 +7,9 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from keras_unet import images
 from keras_unet.config import flip_permutation
+from keras_unet.crops import structure_box
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -139,19 +141,100 @@ def flip_for(config):
     return flip_permutation(config.classes)
 
 
-def make_dataset(samples, config, training: bool, batch_size: int | None = None,
-                 cache: bool = True) -> tf.data.Dataset:
-    """Batched (image, masks) dataset; training adds shuffling and augmentation."""
-    if not samples:
-        raise ValueError("no samples to build a dataset from")
-    image_paths = [str(s.image_path) for s in samples]
-    mask_paths = [[str(p) for p in s.mask_paths] for s in samples]
-    ds = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths))
-    ds = ds.map(lambda i, m: load_example(i, m, config), num_parallel_calls=AUTOTUNE, deterministic=True)
+def crop_items(samples, config) -> list:
+    """(sample, (top, left, side)) for every structure of the crops classes in the samples' masks."""
+    items = []
+    for sample in samples:
+        for name in config.crops.classes:
+            mask = images.read_image(sample.mask_paths[config.classes.index(name)])
+            box = structure_box(mask, config.crops.margin)
+            if box is not None:
+                items.append((sample, box))
+    return items
+
+
+def jittered_box(box, seed, jitter: float, height, width):
+    """The box shifted by up to +-jitter of its side and scaled by up to (1 +- jitter), still touching the image."""
+    box = tf.cast(box, tf.float32)
+    top, left, side = box[0], box[1], box[2]
+    if jitter:
+        new_side = tf.maximum(1.0, tf.round(side * tf.exp(_uniform(seed, 10, -math.log1p(jitter), math.log1p(jitter)))))
+        cy = top + side / 2.0 + _uniform(seed, 11, -jitter, jitter) * side
+        cx = left + side / 2.0 + _uniform(seed, 12, -jitter, jitter) * side
+        top, left, side = tf.floor(cy - new_side / 2.0), tf.floor(cx - new_side / 2.0), new_side
+    side = tf.cast(side, tf.int32)
+    top = tf.clip_by_value(tf.cast(top, tf.int32), 1 - side, height - 1)
+    left = tf.clip_by_value(tf.cast(left, tf.int32), 1 - side, width - 1)
+    return top, left, side
+
+
+def cut_square(array, top, left, side):
+    """The (side, side, C) square of array at (top, left), zero where it reaches past the border (crops.crop)."""
+    shape = tf.shape(array)
+    y0, y1 = tf.maximum(top, 0), tf.minimum(top + side, shape[0])
+    x0, x1 = tf.maximum(left, 0), tf.minimum(left + side, shape[1])
+    return tf.pad(array[y0:y1, x0:x1], [[y0 - top, top + side - y1], [x0 - left, left + side - x1], [0, 0]])
+
+
+def load_full(image_path, mask_paths, config):
+    """The whole image, normalised (H, W, 1) float32, and its masks (H, W, C) uint8, for cutting crops from."""
+    image = normalize(decode_gray(image_path), config.normalization)
+    masks = tf.concat([tf.io.decode_png(tf.io.read_file(mask_paths[c]), channels=1)
+                       for c in range(len(config.classes))], -1)
+    return image, masks
+
+
+def crop_example(image, masks, box, seed, config, jitter: float):
+    """One (image, masks) crop at network size, cut from the normalised whole image as `RefinedPredictor` does."""
+    shape = tf.shape(image)
+    top, left, side = jittered_box(box, seed, jitter, shape[0], shape[1])
+    stacked = cut_square(tf.concat([image, tf.cast(masks, tf.float32) / 255.0], axis=-1), top, left, side)
+    stacked = letterbox(stacked, config.image_size)
+    size = config.image_size
+    stacked = tf.ensure_shape(stacked, [size, size, 1 + len(config.classes)])
+    return stacked[..., :1], stacked[..., 1:]
+
+
+def _crop_dataset(samples, config, training: bool, cache: bool) -> tuple[tf.data.Dataset, int]:
+    """Unbatched (image, masks) crops around each structure; jittered anew each epoch when training."""
+    items = crop_items(samples, config)
+    if not items:
+        raise ValueError(f"none of the samples holds a {' or '.join(config.crops.classes)} structure to crop")
+    image_paths = [str(s.image_path) for s, _ in items]
+    mask_paths = [[str(p) for p in s.mask_paths] for s, _ in items]
+    boxes = np.array([box for _, box in items], dtype=np.int32)
+    ds = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths, boxes))
+    ds = ds.map(lambda i, m, b: (*load_full(i, m, config), b), num_parallel_calls=AUTOTUNE, deterministic=True)
+    zero_seed = tf.constant(0, tf.int64)
+    if not training:
+        ds = ds.map(lambda i, m, b: crop_example(i, m, b, zero_seed, config, 0.0), num_parallel_calls=AUTOTUNE)
+        return (ds.cache() if cache else ds), len(items)
     if cache:
         ds = ds.cache()
+    ds = ds.shuffle(len(items), seed=config.seed, reshuffle_each_iteration=True)
+    seeds = tf.data.Dataset.random(seed=config.seed + 1, rerandomize_each_iteration=True)
+    ds = tf.data.Dataset.zip((ds, seeds)).map(
+        lambda e, s: crop_example(e[0], e[1], e[2], s, config, config.crops.jitter), num_parallel_calls=AUTOTUNE)
+    return ds, len(items)
+
+
+def make_dataset(samples, config, training: bool, batch_size: int | None = None,
+                 cache: bool = True) -> tf.data.Dataset:
+    """Batched (image, masks) dataset, of whole images or of crops (crops section); training adds augmentation."""
+    if not samples:
+        raise ValueError("no samples to build a dataset from")
+    if config.crops.classes:
+        ds, _ = _crop_dataset(samples, config, training, cache)
+    else:
+        image_paths = [str(s.image_path) for s in samples]
+        mask_paths = [[str(p) for p in s.mask_paths] for s in samples]
+        ds = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths))
+        ds = ds.map(lambda i, m: load_example(i, m, config), num_parallel_calls=AUTOTUNE, deterministic=True)
+        if cache:
+            ds = ds.cache()
+        if training:
+            ds = ds.shuffle(len(samples), seed=config.seed, reshuffle_each_iteration=True)
     if training:
-        ds = ds.shuffle(len(samples), seed=config.seed, reshuffle_each_iteration=True)
         if config.augment.enabled:
             perm = flip_for(config)
             perm = None if perm is None else tf.constant(perm, tf.int32)

@@ -470,6 +470,9 @@ def export_run(model_path, out, options: ExportOptions | None = None, log=print)
     check_out_dir(out, options.overwrite, model_path)
     check_packages(options.formats)
     source, config = load_run(model_path)
+    if config.refine.enabled:
+        log("note: this run has a refine stage (refine/); only the first, whole-image model is exported, so the "
+            "artefacts give its masks, without the refinement")
     model = float32_model(source, config)
     check_shapes(model, config)
     calibration, parity = select_images(model_path.parent, config, options, log)

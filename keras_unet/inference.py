@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from keras_unet import images
-from keras_unet.config import Config, PostprocessConfig, config_from_dict, load_config
+from keras_unet.config import REFINE_DIR, Config, PostprocessConfig, config_from_dict, load_config
 from keras_unet.errors import ConfigError, DataError, KerasUnetError, first_line
 from keras_unet.postprocess import mask_to_polygons
-from keras_unet.segmenter import Predictor
+from keras_unet.segmenter import Predictor, RefinedPredictor
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
@@ -33,8 +33,10 @@ POLYGON_EPSILON = 0.5  # pixels; outline simplification for Labelme files
 # -- loading ------------------------------------------------------------------------------------------
 
 
-def load_predictor(path) -> Predictor:
-    """A Predictor for a model.keras (or its run folder), a SavedModel folder, a .tflite or an .onnx file."""
+def load_predictor(path, refine: bool = True) -> Predictor:
+    """A Predictor for a model.keras (or its run folder), a SavedModel folder, a .tflite or an .onnx file.
+
+    A model.keras whose run trained a refine stage comes with it (refine=False leaves it out)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(path, "model not found")
@@ -49,7 +51,8 @@ def load_predictor(path) -> Predictor:
     suffix = path.suffix.lower()
     if suffix == ".keras":
         config = _read_settings([path.parent / CONFIG_FILE, path.parent / METADATA_FILE], path)
-        return Predictor(_keras_network(path, config), config, path)
+        predictor = Predictor(_keras_network(path, config), config, path)
+        return _with_refine_stage(predictor, path.parent / REFINE_DIR) if refine and config.refine.enabled else predictor
     if suffix == ".tflite":
         config = _read_settings([path.parent / METADATA_FILE], path)
         from keras_unet.edge import TFLiteModel
@@ -61,6 +64,15 @@ def load_predictor(path) -> Predictor:
 
         return Predictor(OnnxModel(str(path)).predict, config, path)
     raise DataError(path, "not a model: expected model.keras, a SavedModel folder, a .tflite or an .onnx file")
+
+
+def _with_refine_stage(predictor: Predictor, folder: Path) -> Predictor:
+    """The predictor with its run's refine stage, or alone (and a warning) when that stage never finished."""
+    if not (folder / MODEL_FILE).is_file():
+        print(f"warning: {folder}: the refine stage has no {MODEL_FILE} (training unfinished?); "
+              "using the first stage alone", file=sys.stderr)
+        return predictor
+    return RefinedPredictor(predictor, load_predictor(folder, refine=False))
 
 
 def _read_settings(candidates, model_path) -> Config:

@@ -98,7 +98,8 @@ def unletterbox(array: np.ndarray, box: Letterbox) -> np.ndarray:
     return out.reshape(box.height, box.width, *crop.shape[2:])
 
 
-def prepare(image: np.ndarray, config) -> tuple[np.ndarray, Letterbox]:
-    """Raw grayscale image to a (size, size, 1) float32 network input, as in training."""
-    x, box = letterbox(normalize(image, config.normalization), config.image_size)
+def prepare(image: np.ndarray, config, normalized: bool = False) -> tuple[np.ndarray, Letterbox]:
+    """Raw (or, with normalized, already [0, 1]) grayscale image to a (size, size, 1) float32 network input."""
+    x = np.asarray(image, dtype=np.float32) if normalized else normalize(image, config.normalization)
+    x, box = letterbox(x, config.image_size)
     return x[..., None], box

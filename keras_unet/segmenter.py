@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from keras_unet import crops
 from keras_unet.config import Config, PostprocessConfig, flip_permutation
 from keras_unet.errors import KerasUnetError
-from keras_unet.postprocess import clean_masks
-from keras_unet.preprocess import prepare, unletterbox
+from keras_unet.postprocess import clean_masks, threshold
+from keras_unet.preprocess import normalize, prepare, unletterbox
 
 
 class Predictor:
@@ -24,10 +25,12 @@ class Predictor:
         self.source = str(source)
         self.flip = flip_permutation(self.classes)
 
-    def predict_probs(self, image: np.ndarray, tta: bool | None = None) -> np.ndarray:
-        """(H, W, C) float32 probabilities at the image's original size; tta None uses the run's setting."""
+    def predict_probs(self, image: np.ndarray, tta: bool | None = None, normalized: bool = False) -> np.ndarray:
+        """(H, W, C) float32 probabilities at the image's original size; tta None uses the run's setting.
+
+        normalized: the image is already mapped to [0, 1] (a crop of a normalised image), not a raw one."""
         tta = self.config.postprocess.tta if tta is None else tta
-        probs = [unletterbox(out, box) for out, box in self._views(image, tta)]
+        probs = [unletterbox(out, box) for out, box in self._views(image, tta, normalized)]
         if len(probs) == 1:
             return probs[0]
         flipped_back = probs[1][:, ::-1][..., self.flip]
@@ -53,11 +56,11 @@ class Predictor:
             passes[1] = passes[1][:, ::-1][..., self.flip]
         return [np.ascontiguousarray(p, dtype=np.float32) for p in passes]
 
-    def _views(self, image, tta: bool) -> list:
+    def _views(self, image, tta: bool, normalized: bool = False) -> list:
         """(network output, letterbox) for the image and, with tta and a full left/right pairing, its mirror."""
         image = _gray(image)
         views = [image, image[:, ::-1]] if tta and self.flip is not None else [image]
-        prepared = [prepare(view, self.config) for view in views]
+        prepared = [prepare(view, self.config, normalized) for view in views]
         outputs = self._run(np.stack([x for x, _ in prepared]).astype(np.float32))
         return [(out, box) for out, (_, box) in zip(outputs, prepared)]
 
@@ -68,6 +71,34 @@ class Predictor:
             raise KerasUnetError(f"{self.source}: the network returned shape {out.shape}, expected "
                                  f"{(len(batch), size, size, len(self.classes))} for {len(self.classes)} class(es)")
         return out
+
+
+class RefinedPredictor(Predictor):
+    """A whole-image Predictor whose structures are re-segmented by a second one on a crop around each."""
+
+    def __init__(self, coarse: Predictor, fine: Predictor):
+        super().__init__(coarse.network, coarse.config, coarse.source)
+        missing = [c for c in fine.config.crops.classes if c not in self.classes or c not in fine.classes]
+        if missing or not fine.config.crops.classes:
+            raise KerasUnetError(f"{fine.source}: refine model's crop classes {fine.config.crops.classes} do not "
+                                 f"match the classes of {coarse.source} ({', '.join(self.classes)})")
+        self.fine = fine
+
+    def predict_probs(self, image: np.ndarray, tta: bool | None = None) -> np.ndarray:
+        """(H, W, C) probabilities: the whole-image model's, with each refined class replaced inside its crop."""
+        probs = super().predict_probs(image, tta)
+        gray = normalize(_gray(image), self.fine.config.normalization)  # crops are cut from the normalised image
+        cut = threshold(probs, [self.config.postprocess.thresholds.get(c, self.config.postprocess.threshold)
+                                for c in self.classes])
+        for name in self.fine.config.crops.classes:
+            c = self.classes.index(name)
+            box = crops.structure_box(cut[..., c], self.fine.config.crops.margin)
+            if box is None:
+                continue  # nothing found, nothing to refine
+            patch = self.fine.predict_probs(crops.crop(gray, box), tta, normalized=True)
+            patch = patch[..., self.fine.classes.index(name)]
+            probs[..., c] = crops.paste(probs[..., c], patch, box)
+        return probs
 
 
 def _gray(image) -> np.ndarray:

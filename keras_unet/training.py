@@ -16,8 +16,9 @@ import tensorflow as tf
 
 from keras_unet import __version__, images
 from keras_unet.annotations import resolve_classes
-from keras_unet.config import Config
-from keras_unet.data import flip_for, make_dataset, split_samples
+from keras_unet.config import REFINE_DIR, Config
+from keras_unet.crops import crop
+from keras_unet.data import crop_items, flip_for, make_dataset, split_samples
 from keras_unet.errors import ConfigError, KerasUnetError
 from keras_unet.losses import get_loss, segmentation_metrics
 from keras_unet.images import write_bytes_atomic
@@ -220,7 +221,8 @@ def prepare_run_dir(out: Path, config: Config, overwrite: bool) -> bool:
     """Create the run directory; True when resuming an unfinished run (no metrics.json yet) of the same settings."""
     if out.exists() and any(out.iterdir()):
         saved = out / "config.json"
-        interrupted = (out / BACKUP_DIR).exists() or (saved.exists() and not (out / "metrics.json").exists())
+        interrupted = (out / BACKUP_DIR).exists() or (saved.exists() and not (out / "metrics.json").exists()) or (
+            config.refine.enabled and saved.exists() and not (out / REFINE_DIR / "metrics.json").exists())
         if overwrite:
             shutil.rmtree(out)
         elif interrupted and saved.exists() and _same_run(saved, config):
@@ -290,11 +292,13 @@ def compile_model(config: Config, steps_per_epoch: int, model: keras.Model | Non
     return model
 
 
-def foreground_fractions(samples) -> np.ndarray:
-    """Each class's share of foreground pixels over the samples' masks."""
+def foreground_fractions(samples, boxes=None) -> np.ndarray:
+    """Each class's share of foreground pixels over the samples' masks (or over their crops, one box per sample)."""
     counts, total = None, 0
-    for sample in samples:
+    for k, sample in enumerate(samples):
         planes = [images.read_image(path) > 0 for path in sample.mask_paths]
+        if boxes is not None:
+            planes = [crop(plane, boxes[k]) for plane in planes]
         found = np.array([plane.sum() for plane in planes], dtype=np.float64)
         counts = found if counts is None else counts + found
         total += planes[0].size
@@ -331,13 +335,29 @@ def _fit(model, train_ds, val_ds, config: Config, out: Path, best: float, append
 
 
 def train(config: Config, overwrite: bool = False, log=print) -> dict:
-    """Train a U-Net as the config says; returns the final validation scores and the run directory."""
+    """Train a U-Net as the config says (then its refine stage, if enabled); returns the final validation scores."""
     config.classes = resolve_classes(config.classes, Path(config.data))
     config.precision = resolve_precision(config.precision)
     config.validate()
     start = check_start(config)  # --init-weights and --pretrain problems surface before the run directory is made
     out = Path(config.out)
     resuming = prepare_run_dir(out, config, overwrite)
+    if resuming and (out / "metrics.json").exists():
+        log(f"first stage already finished: {out / MODEL_FILE}")
+        result = json.loads((out / "metrics.json").read_text())
+    else:
+        result = _train_stage(config, out, resuming, start, log)
+    if config.refine.enabled:
+        stage = config.refine_stage()
+        log(f"refine stage: crops around {', '.join(stage.crops.classes)} at {stage.image_size} px")
+        refined = _train_stage(stage, Path(stage.out), prepare_run_dir(Path(stage.out), stage, False), None, log)
+        result["refine"] = refined
+        write_json_atomic(out / "metrics.json", result)
+    return result
+
+
+def _train_stage(config: Config, out: Path, resuming: bool, start, log) -> dict:
+    """Train one model into out (prepared, config.json written); returns and writes its validation scores."""
     config.save(out / "config.json")
     log(f"{'resuming' if resuming else 'run'}: {out}  classes: {', '.join(config.classes)}  "
         f"precision: {config.precision}")
@@ -348,19 +368,29 @@ def train(config: Config, overwrite: bool = False, log=print) -> dict:
     train_samples, val_samples = load_samples(config, log, bad)
     report_skipped(out, bad, log)
     write_json_atomic(out / "split.json", {"train": [s.stem for s in train_samples], "val": [s.stem for s in val_samples]})
-    log(f"{len(train_samples)} training and {len(val_samples)} validation images at {config.image_size} px")
+    train_boxes = None
+    if config.crops.classes:
+        items = crop_items(train_samples, config)
+        train_boxes = [box for _, box in items]
+        log(f"{len(items)} training crops from {len(train_samples)} images ({len(val_samples)} validation images) "
+            f"at {config.image_size} px")
+        train_count = len(items)
+    else:
+        log(f"{len(train_samples)} training and {len(val_samples)} validation images at {config.image_size} px")
+        train_count = len(train_samples)
 
     keras.utils.set_random_seed(config.seed)
     keras.config.set_dtype_policy(config.precision)
     try:
         strategy = select_strategy()
-        steps = math.ceil(len(train_samples) / config.batch_size)
+        steps = math.ceil(train_count / config.batch_size)
         with strategy.scope():
             model = compile_model(config, steps)
         if config.init_weights or config.pretrain_data:
             start_from(model, config, start, out, strategy, log)  # pretraining (when asked), then matching layers
         if config.model.prior_bias:
-            fractions = foreground_fractions(train_samples)
+            fractions = (foreground_fractions([s for s, _ in items], train_boxes) if train_boxes is not None
+                         else foreground_fractions(train_samples))
             set_prior_bias(model, fractions)
             log("output bias set to the foreground prior: " + ", ".join(
                 f"{c} {f:.4f}" for c, f in zip(config.classes, fractions)))

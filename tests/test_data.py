@@ -116,3 +116,64 @@ def test_split_is_deterministic_and_disjoint():
 def test_empty_sample_list_is_refused():
     with pytest.raises(ValueError):
         make_dataset([], config_for(), training=True)
+
+
+def crop_config(**augment):
+    config = config_for(**augment)
+    config.image_size = 32
+    config.normalization = NormalizationConfig(method="percentile")
+    config.crops.classes = ["left_clavicle", "right_clavicle"]
+    return config
+
+
+def textured_sample(folder: Path, stem: str, size=64):
+    """write_sample with a smooth gradient and noise, so normalisation and resizing have something to do."""
+    sample = write_sample(folder, stem, size)
+    image = cv2.imread(str(sample.image_path), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+    rng = np.random.default_rng(len(stem))
+    image = image * 0.7 + np.linspace(0, 50, size)[None, :] + rng.normal(0, 5, image.shape)
+    cv2.imwrite(str(sample.image_path), np.clip(image, 0, 255).astype(np.uint8))
+    return sample
+
+
+def test_validation_crops_match_the_numpy_crops_of_inference(tmp_path):
+    from keras_unet import crops
+    from keras_unet.preprocess import normalize, prepare
+
+    config = crop_config()
+    sample = textured_sample(tmp_path, "s0")
+    images, masks = next(iter(make_dataset([sample], config, training=False)))
+    assert images.shape == (2, 32, 32, 1) and masks.shape == (2, 32, 32, 3)  # one crop per clavicle
+    raw = cv2.imread(str(sample.image_path), cv2.IMREAD_UNCHANGED)
+    full = normalize(raw, config.normalization)
+    for k, name in enumerate(config.crops.classes):
+        plane = cv2.imread(str(sample.mask_paths[CLASSES.index(name)]), cv2.IMREAD_GRAYSCALE)
+        box = crops.structure_box(plane, config.crops.margin)
+        expected, _ = prepare(crops.crop(full, box), config, normalized=True)
+        np.testing.assert_allclose(images.numpy()[k], expected, atol=1e-5)
+        # the structure sits in the middle of its crop: margin 0.25 leaves a sixth of the side free on each side
+        centre = masks.numpy()[k, 5:27, 5:27, CLASSES.index(name)]
+        assert centre.sum() / masks.numpy()[k, ..., CLASSES.index(name)].sum() > 0.95
+    # the right clavicle's box (rows 10-19, columns 4-23: side 30) reaches past the left border: zero padding
+    assert box == (0, -1, 30) and images.numpy()[1, :, 0].max() == 0.0
+
+
+def test_training_crops_are_jittered_and_stay_on_the_image(tmp_path):
+    from keras_unet.data import jittered_box
+    import tensorflow as tf
+
+    config = crop_config(enabled=False)
+    config.crops.jitter = 0.3
+    boxes = {tuple(int(v) for v in jittered_box(tf.constant([10, 36, 36]), tf.constant(s, tf.int64), 0.3, 64, 64))
+             for s in range(40)}
+    assert len(boxes) > 30
+    for top, left, side in boxes:
+        assert 36 / 1.3 - 1 <= side <= 36 * 1.3 + 1
+        assert top + side >= 1 and top <= 63 and left + side >= 1 and left <= 63  # touches the image
+    assert {tuple(int(v) for v in jittered_box(tf.constant([10, 36, 36]), tf.constant(5, tf.int64), 0.0, 64, 64))} \
+        == {(10, 36, 36)}
+    samples = [textured_sample(tmp_path, f"s{i}") for i in range(2)]
+    first = [b.numpy() for b, _ in make_dataset(samples, config, training=True, batch_size=4)]
+    second = [b.numpy() for b, _ in make_dataset(samples, config, training=True, batch_size=4)]
+    assert first[0].shape == (4, 32, 32, 1)
+    np.testing.assert_array_equal(first[0], second[0])  # seeded: the same run gives the same crops

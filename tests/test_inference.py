@@ -163,3 +163,55 @@ def test_mixed_precision_model_runs_in_float32_on_cpu(tmp_path):
     x, box = prepare(image, tiny_config())
     expected = unletterbox(np.asarray(model(x[None], training=False), np.float32)[0], box)
     np.testing.assert_allclose(probs, expected, atol=2e-2)
+
+
+class PatchNetwork:
+    """A network whose every channel is `inside` on the rectangle rows x cols of its input and `outside` elsewhere."""
+
+    def __init__(self, channels, rows=slice(0, 0), cols=slice(0, 0), inside=0.9, outside=0.05):
+        self.channels, self.rows, self.cols, self.inside, self.outside = channels, rows, cols, inside, outside
+        self.inputs = []
+
+    def __call__(self, batch):
+        self.inputs.append(batch.copy())
+        out = np.full((*batch.shape[:3], self.channels), self.outside, np.float32)
+        out[:, self.rows, self.cols] = self.inside
+        return out
+
+
+def test_refined_predictor_replaces_each_structure_inside_its_crop():
+    from keras_unet import crops
+    from keras_unet.preprocess import normalize, prepare
+    from keras_unet.segmenter import RefinedPredictor
+
+    coarse_config = tiny_config()  # 64 px, so a 64 x 64 image passes unresized
+    coarse = Predictor(PatchNetwork(3, slice(10, 20), slice(30, 50)), coarse_config)
+    fine_config = tiny_config()
+    fine_config.image_size = 32
+    fine_config.crops.classes, fine_config.crops.margin = ["left_clavicle"], 0.5
+    fine = Predictor(PatchNetwork(3, inside=0.7, outside=0.7), fine_config)
+    image = _image(64, 64)
+    probs = RefinedPredictor(coarse, fine).predict_probs(image, tta=False)
+    # the coarse left_clavicle covers rows 10-19, columns 30-49: side ceil(20 x 2) = 40 at (-5, 20)
+    expected = coarse.predict_probs(image, tta=False)
+    expected[0:35, 20:60, 0] = 0.7
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+    crop_input, _ = prepare(crops.crop(normalize(image, fine_config.normalization), (-5, 20, 40)), fine_config,
+                            normalized=True)
+    np.testing.assert_allclose(fine.network.inputs[0][0], crop_input, atol=1e-6)
+
+
+def test_refined_predictor_leaves_an_image_without_the_structure_alone():
+    from keras_unet.segmenter import RefinedPredictor
+
+    coarse = Predictor(PatchNetwork(3), tiny_config())  # finds nothing
+    fine_config = tiny_config()
+    fine_config.crops.classes = ["left_clavicle"]
+    fine = Predictor(PatchNetwork(3, inside=0.7, outside=0.7), fine_config)
+    image = _image(64, 64)
+    np.testing.assert_array_equal(RefinedPredictor(coarse, fine).predict_probs(image, tta=False),
+                                  coarse.predict_probs(image, tta=False))
+    assert fine.network.inputs == []
+    fine_config.crops.classes = []
+    with pytest.raises(Exception, match="crop classes"):
+        RefinedPredictor(coarse, fine)

@@ -144,3 +144,30 @@ def test_foreground_fractions_and_prior_bias(tmp_path):
     np.testing.assert_allclose(probs, [0.2, 0.025], rtol=1e-5)
     set_prior_bias(model, [0.0, 1.0])  # empty and full classes are clipped, never infinite
     np.testing.assert_allclose(1 / (1 + np.exp(-np.asarray(model.get_layer("logits").bias))), [1e-4, 0.5], rtol=1e-4)
+
+
+def test_refine_stage_trains_on_crops_after_the_first_and_resumes_alone(small_data, tmp_path):
+    from keras_unet.inference import load_predictor
+    from keras_unet.segmenter import RefinedPredictor
+
+    out = tmp_path / "run"
+    overrides = {"epochs": 1, "refine.enabled": True, "refine.image_size": 32, "refine.epochs": 1,
+                 "refine.classes": ["left_clavicle", "right_clavicle"]}
+    lines = []
+    result = train(tiny_config(small_data, out, tmp_path / "cache", **overrides), log=lines.append)
+    stage = load_config(out / "refine" / "config.json")
+    assert stage.image_size == 32 and stage.crops.classes == ["left_clavicle", "right_clavicle"]
+    assert not stage.refine.enabled and stage.model.base_filters == 4
+    assert "8 training crops from 4 images" in "\n".join(lines)  # both clavicles of each of the 4 training images
+    assert json.loads((out / "metrics.json").read_text())["refine"]["epochs_run"] == 1 == result["refine"]["epochs_run"]
+    predictor = load_predictor(out)
+    assert isinstance(predictor, RefinedPredictor) and predictor.fine.config.image_size == 32
+    assert predictor.predict_probs(np.zeros((80, 60), np.uint8)).shape == (80, 60, 3)
+    assert not isinstance(load_predictor(out, refine=False), RefinedPredictor)
+
+    first_model = (out / "model.keras").stat().st_mtime_ns
+    shutil.rmtree(out / "refine")  # as if killed before the refine stage finished
+    lines.clear()
+    train(tiny_config(small_data, out, tmp_path / "cache", **overrides), log=lines.append)
+    assert "first stage already finished" in lines[0] and (out / "refine" / "model.keras").is_file()
+    assert (out / "model.keras").stat().st_mtime_ns == first_model
