@@ -16,6 +16,7 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 UPSAMPLING = ("transpose", "bilinear")
 NORMALIZATIONS = ("percentile", "minmax", "none")
 PRETRAIN_LOSSES = ("l1", "mse")
+CROP_OUTPUT = "structure"  # the one output channel of a model on crops (refine stage)
 REFINE_DIR = "refine"  # the refine stage's run folder, inside the first stage's
 
 
@@ -85,7 +86,9 @@ class PretrainConfig:
 
 @dataclass
 class CropConfig:
-    """This model's inputs: whole images, or square crops around each structure of the listed classes."""
+    """This model's inputs: whole images, or square crops around each structure of the listed classes.
+
+    A model on crops has one output channel (`Config.outputs`): the structure the crop was cut around."""
 
     classes: list = field(default_factory=list)  # empty: whole images (a first stage); else one crop per class
     margin: float = 0.25  # crop side = the structure's longer side x (1 + 2 margin), centred on it
@@ -186,6 +189,13 @@ class Config:
             (p.loss in PRETRAIN_LOSSES, f"pretrain.loss must be one of {', '.join(PRETRAIN_LOSSES)}, got {p.loss!r}"),
             (p.outside_weight >= 0, f"pretrain.outside_weight must be at least 0, got {p.outside_weight}"),
         ]
+
+    def outputs(self) -> list:
+        """Names of the model's output channels: the classes, or one `structure` for a model on crops.
+
+        A crops model segments the structure its crop was cut around, whichever class it is: left and right
+        clavicle crops teach one channel, and mirroring a crop needs no left/right swap."""
+        return [CROP_OUTPUT] if self.crops.classes else list(self.classes)
 
     def refine_checks(self) -> list:
         """(ok, message) pairs for the refine and crops sections."""

@@ -131,25 +131,25 @@ def augment_example(image, masks, seed, config, flip_perm):
         noise_seed = tf.stack([seed, tf.constant(9, tf.int64)])
         image = image + sigma * tf.random.stateless_normal(tf.shape(image), seed=noise_seed)
     image = tf.clip_by_value(image, 0.0, 1.0)
-    return tf.ensure_shape(image, [size, size, 1]), tf.ensure_shape(masks, [size, size, len(config.classes)])
+    return tf.ensure_shape(image, [size, size, 1]), tf.ensure_shape(masks, [size, size, len(config.outputs())])
 
 
 def flip_for(config):
     """Channel permutation for the flip augmentation, or None when flipping is off or unsafe for the classes."""
     if not (config.augment.enabled and config.augment.flip):
         return None
-    return flip_permutation(config.classes)
+    return flip_permutation(config.outputs())
 
 
 def crop_items(samples, config) -> list:
-    """(sample, (top, left, side)) for every structure of the crops classes in the samples' masks."""
+    """(sample, mask path, (top, left, side)) for every structure of the crops classes in the samples' masks."""
     items = []
     for sample in samples:
         for name in config.crops.classes:
-            mask = images.read_image(sample.mask_paths[config.classes.index(name)])
-            box = structure_box(mask, config.crops.margin)
+            path = sample.mask_paths[config.classes.index(name)]
+            box = structure_box(images.read_image(path), config.crops.margin)
             if box is not None:
-                items.append((sample, box))
+                items.append((sample, path, box))
     return items
 
 
@@ -176,46 +176,42 @@ def cut_square(array, top, left, side):
     return tf.pad(array[y0:y1, x0:x1], [[y0 - top, top + side - y1], [x0 - left, left + side - x1], [0, 0]])
 
 
-def load_full(image_path, mask_paths, config):
-    """The whole image, normalised (H, W, 1) float32, and its masks (H, W, C) uint8, for cutting crops from."""
+def load_full(image_path, mask_path, config):
+    """The whole image, normalised (H, W, 1) float32, and one structure's mask (H, W, 1) uint8, to cut crops from."""
     image = normalize(decode_gray(image_path), config.normalization)
-    masks = tf.concat([tf.io.decode_png(tf.io.read_file(mask_paths[c]), channels=1)
-                       for c in range(len(config.classes))], -1)
-    return image, masks
+    return image, tf.io.decode_png(tf.io.read_file(mask_path), channels=1)
 
 
-def crop_example(image, masks, box, seed, config, jitter: float):
-    """One (image, masks) crop at network size, cut from the normalised whole image as `RefinedPredictor` does."""
+def crop_example(image, mask, box, seed, config, jitter: float):
+    """One (image, mask) crop at network size, cut from the normalised whole image as `RefinedPredictor` does."""
     shape = tf.shape(image)
     top, left, side = jittered_box(box, seed, jitter, shape[0], shape[1])
-    stacked = cut_square(tf.concat([image, tf.cast(masks, tf.float32) / 255.0], axis=-1), top, left, side)
-    stacked = letterbox(stacked, config.image_size)
+    stacked = cut_square(tf.concat([image, tf.cast(mask, tf.float32) / 255.0], axis=-1), top, left, side)
     size = config.image_size
-    stacked = tf.ensure_shape(stacked, [size, size, 1 + len(config.classes)])
+    stacked = tf.ensure_shape(letterbox(stacked, size), [size, size, 2])
     return stacked[..., :1], stacked[..., 1:]
 
 
-def _crop_dataset(samples, config, training: bool, cache: bool) -> tuple[tf.data.Dataset, int]:
-    """Unbatched (image, masks) crops around each structure; jittered anew each epoch when training."""
+def _crop_dataset(samples, config, training: bool, cache: bool) -> tf.data.Dataset:
+    """Unbatched (image, mask) crops, one per structure, the mask that structure's; jittered anew each epoch."""
     items = crop_items(samples, config)
     if not items:
         raise ValueError(f"none of the samples holds a {' or '.join(config.crops.classes)} structure to crop")
-    image_paths = [str(s.image_path) for s, _ in items]
-    mask_paths = [[str(p) for p in s.mask_paths] for s, _ in items]
-    boxes = np.array([box for _, box in items], dtype=np.int32)
+    image_paths = [str(s.image_path) for s, _, _ in items]
+    mask_paths = [str(path) for _, path, _ in items]
+    boxes = np.array([box for _, _, box in items], dtype=np.int32)
     ds = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths, boxes))
     ds = ds.map(lambda i, m, b: (*load_full(i, m, config), b), num_parallel_calls=AUTOTUNE, deterministic=True)
     zero_seed = tf.constant(0, tf.int64)
     if not training:
         ds = ds.map(lambda i, m, b: crop_example(i, m, b, zero_seed, config, 0.0), num_parallel_calls=AUTOTUNE)
-        return (ds.cache() if cache else ds), len(items)
+        return ds.cache() if cache else ds
     if cache:
         ds = ds.cache()
     ds = ds.shuffle(len(items), seed=config.seed, reshuffle_each_iteration=True)
     seeds = tf.data.Dataset.random(seed=config.seed + 1, rerandomize_each_iteration=True)
-    ds = tf.data.Dataset.zip((ds, seeds)).map(
+    return tf.data.Dataset.zip((ds, seeds)).map(
         lambda e, s: crop_example(e[0], e[1], e[2], s, config, config.crops.jitter), num_parallel_calls=AUTOTUNE)
-    return ds, len(items)
 
 
 def make_dataset(samples, config, training: bool, batch_size: int | None = None,
@@ -224,7 +220,7 @@ def make_dataset(samples, config, training: bool, batch_size: int | None = None,
     if not samples:
         raise ValueError("no samples to build a dataset from")
     if config.crops.classes:
-        ds, _ = _crop_dataset(samples, config, training, cache)
+        ds = _crop_dataset(samples, config, training, cache)
     else:
         image_paths = [str(s.image_path) for s in samples]
         mask_paths = [[str(p) for p in s.mask_paths] for s in samples]

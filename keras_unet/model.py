@@ -52,7 +52,7 @@ def build_unet(num_classes: int, depth: int = 4, base_filters: int = 16, batch_n
 
 
 def model_from_config(config, num_classes: int | None = None) -> keras.Model:
-    """U-Net shaped by a Config's model section, with one output channel per class."""
+    """U-Net shaped by a Config's model section, with one output channel per output (`Config.outputs`)."""
     m = config.model
-    return build_unet(num_classes or len(config.classes), depth=m.depth, base_filters=m.base_filters,
+    return build_unet(num_classes or len(config.outputs()), depth=m.depth, base_filters=m.base_filters,
                       batch_norm=m.batch_norm, dropout=m.dropout, upsampling=m.upsampling)

@@ -21,7 +21,7 @@ class Predictor:
     def __init__(self, network, config: Config, source=""):
         self.network = network  # callable: float32 (N, S, S, 1) -> float32 probabilities (N, S, S, C)
         self.config = config
-        self.classes = list(config.classes)
+        self.classes = config.outputs()
         self.source = str(source)
         self.flip = flip_permutation(self.classes)
 
@@ -78,7 +78,7 @@ class RefinedPredictor(Predictor):
 
     def __init__(self, coarse: Predictor, fine: Predictor):
         super().__init__(coarse.network, coarse.config, coarse.source)
-        missing = [c for c in fine.config.crops.classes if c not in self.classes or c not in fine.classes]
+        missing = [c for c in fine.config.crops.classes if c not in self.classes]
         if missing or not fine.config.crops.classes:
             raise KerasUnetError(f"{fine.source}: refine model's crop classes {fine.config.crops.classes} do not "
                                  f"match the classes of {coarse.source} ({', '.join(self.classes)})")
@@ -95,8 +95,7 @@ class RefinedPredictor(Predictor):
             box = crops.structure_box(cut[..., c], self.fine.config.crops.margin)
             if box is None:
                 continue  # nothing found, nothing to refine
-            patch = self.fine.predict_probs(crops.crop(gray, box), tta, normalized=True)
-            patch = patch[..., self.fine.classes.index(name)]
+            patch = self.fine.predict_probs(crops.crop(gray, box), tta, normalized=True)[..., 0]
             probs[..., c] = crops.paste(probs[..., c], patch, box)
         return probs
 

@@ -288,17 +288,24 @@ def compile_model(config: Config, steps_per_epoch: int, model: keras.Model | Non
     schedule = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=max(1, config.epochs * steps_per_epoch), alpha=0.05)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=get_loss(config.loss),
-                  metrics=segmentation_metrics(config.classes), jit_compile=config.jit_compile)
+                  metrics=segmentation_metrics(config.outputs()), jit_compile=config.jit_compile)
     return model
 
 
-def foreground_fractions(samples, boxes=None) -> np.ndarray:
-    """Each class's share of foreground pixels over the samples' masks (or over their crops, one box per sample)."""
+def crop_fractions(items) -> np.ndarray:
+    """The share of foreground pixels of each crop's own structure over the crops (data.crop_items)."""
+    found = total = 0
+    for _, path, box in items:
+        found += int(np.count_nonzero(crop(images.read_image(path), box)))
+        total += box[2] * box[2]
+    return np.array([found / max(total, 1)])
+
+
+def foreground_fractions(samples) -> np.ndarray:
+    """Each class's share of foreground pixels over the samples' masks."""
     counts, total = None, 0
-    for k, sample in enumerate(samples):
+    for sample in samples:
         planes = [images.read_image(path) > 0 for path in sample.mask_paths]
-        if boxes is not None:
-            planes = [crop(plane, boxes[k]) for plane in planes]
         found = np.array([plane.sum() for plane in planes], dtype=np.float64)
         counts = found if counts is None else counts + found
         total += planes[0].size
@@ -368,10 +375,9 @@ def _train_stage(config: Config, out: Path, resuming: bool, start, log) -> dict:
     train_samples, val_samples = load_samples(config, log, bad)
     report_skipped(out, bad, log)
     write_json_atomic(out / "split.json", {"train": [s.stem for s in train_samples], "val": [s.stem for s in val_samples]})
-    train_boxes = None
+    items = None
     if config.crops.classes:
         items = crop_items(train_samples, config)
-        train_boxes = [box for _, box in items]
         log(f"{len(items)} training crops from {len(train_samples)} images ({len(val_samples)} validation images) "
             f"at {config.image_size} px")
         train_count = len(items)
@@ -389,11 +395,10 @@ def _train_stage(config: Config, out: Path, resuming: bool, start, log) -> dict:
         if config.init_weights or config.pretrain_data:
             start_from(model, config, start, out, strategy, log)  # pretraining (when asked), then matching layers
         if config.model.prior_bias:
-            fractions = (foreground_fractions([s for s, _ in items], train_boxes) if train_boxes is not None
-                         else foreground_fractions(train_samples))
+            fractions = crop_fractions(items) if items is not None else foreground_fractions(train_samples)
             set_prior_bias(model, fractions)
             log("output bias set to the foreground prior: " + ", ".join(
-                f"{c} {f:.4f}" for c, f in zip(config.classes, fractions)))
+                f"{c} {f:.4f}" for c, f in zip(config.outputs(), fractions)))
         train_ds = make_dataset(train_samples, config, training=True)
         val_ds = make_dataset(val_samples, config, training=False)
         history_path = out / "history.csv"
@@ -424,7 +429,7 @@ def _train_stage(config: Config, out: Path, resuming: bool, start, log) -> dict:
         "train_seconds": round(elapsed, 1),
         "val_dice": float(scores["dice"]),
         "val_iou": float(scores["iou"]),
-        "val_dice_per_class": {c: float(scores.get(f"dice_{c}", scores["dice"])) for c in config.classes},
+        "val_dice_per_class": {c: float(scores.get(f"dice_{c}", scores["dice"])) for c in config.outputs()},
         "epochs_run": len(history),
         "version": __version__,
     }

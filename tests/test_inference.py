@@ -189,7 +189,7 @@ def test_refined_predictor_replaces_each_structure_inside_its_crop():
     fine_config = tiny_config()
     fine_config.image_size = 32
     fine_config.crops.classes, fine_config.crops.margin = ["left_clavicle"], 0.5
-    fine = Predictor(PatchNetwork(3, inside=0.7, outside=0.7), fine_config)
+    fine = Predictor(PatchNetwork(1, inside=0.7, outside=0.7), fine_config)
     image = _image(64, 64)
     probs = RefinedPredictor(coarse, fine).predict_probs(image, tta=False)
     # the coarse left_clavicle covers rows 10-19, columns 30-49: side ceil(20 x 2) = 40 at (-5, 20)
@@ -207,7 +207,7 @@ def test_refined_predictor_leaves_an_image_without_the_structure_alone():
     coarse = Predictor(PatchNetwork(3), tiny_config())  # finds nothing
     fine_config = tiny_config()
     fine_config.crops.classes = ["left_clavicle"]
-    fine = Predictor(PatchNetwork(3, inside=0.7, outside=0.7), fine_config)
+    fine = Predictor(PatchNetwork(1, inside=0.7, outside=0.7), fine_config)
     image = _image(64, 64)
     np.testing.assert_array_equal(RefinedPredictor(coarse, fine).predict_probs(image, tta=False),
                                   coarse.predict_probs(image, tta=False))

@@ -163,6 +163,7 @@ def test_refine_stage_trains_on_crops_after_the_first_and_resumes_alone(small_da
     predictor = load_predictor(out)
     assert isinstance(predictor, RefinedPredictor) and predictor.fine.config.image_size == 32
     assert predictor.predict_probs(np.zeros((80, 60), np.uint8)).shape == (80, 60, 3)
+    assert predictor.fine.classes == ["structure"] and result["refine"]["val_dice_per_class"].keys() == {"structure"}
     assert not isinstance(load_predictor(out, refine=False), RefinedPredictor)
 
     first_model = (out / "model.keras").stat().st_mtime_ns
