@@ -192,9 +192,8 @@ def crop_example(image, mask, box, seed, config, jitter: float):
     return stacked[..., :1], stacked[..., 1:]
 
 
-def _crop_dataset(samples, config, training: bool, cache: bool) -> tf.data.Dataset:
-    """Unbatched (image, mask) crops, one per structure, the mask that structure's; jittered anew each epoch."""
-    items = crop_items(samples, config)
+def _crop_dataset(items, config, training: bool, cache: bool) -> tf.data.Dataset:
+    """Unbatched (image, mask) crops of crop_items, the mask that structure's; jittered anew each epoch."""
     if not items:
         raise ValueError(f"none of the samples holds a {' or '.join(config.crops.classes)} structure to crop")
     image_paths = [str(s.image_path) for s, _, _ in items]
@@ -215,12 +214,14 @@ def _crop_dataset(samples, config, training: bool, cache: bool) -> tf.data.Datas
 
 
 def make_dataset(samples, config, training: bool, batch_size: int | None = None,
-                 cache: bool = True) -> tf.data.Dataset:
-    """Batched (image, masks) dataset, of whole images or of crops (crops section); training adds augmentation."""
+                 cache: bool = True, items: list | None = None) -> tf.data.Dataset:
+    """Batched (image, masks) dataset, of whole images or of crops (crops section); training adds augmentation.
+
+    items: the samples' crop_items when the caller has them already (crops section only)."""
     if not samples:
         raise ValueError("no samples to build a dataset from")
     if config.crops.classes:
-        ds = _crop_dataset(samples, config, training, cache)
+        ds = _crop_dataset(crop_items(samples, config) if items is None else items, config, training, cache)
     else:
         image_paths = [str(s.image_path) for s in samples]
         mask_paths = [[str(p) for p in s.mask_paths] for s in samples]

@@ -90,15 +90,20 @@ def _per_class(setting: dict, classes: list, what: str) -> dict:
     return setting
 
 
+def class_thresholds(settings, classes) -> list[float]:
+    """The probability threshold of each class: its postprocess.thresholds entry, else postprocess.threshold."""
+    thresholds = _per_class(dict(settings.thresholds or {}), list(classes), "thresholds")
+    return [float(thresholds.get(name, settings.threshold)) for name in classes]
+
+
 def clean_masks(probs, classes, settings) -> np.ndarray:
     """(H, W, C) uint8 0/1 masks from probabilities: threshold, then (when enabled) drop small, keep largest, fill."""
     p = np.asarray(probs)
     classes = list(classes)
     if p.ndim != 3 or p.shape[-1] != len(classes):
         raise ValueError(f"probabilities of shape {p.shape} do not match {len(classes)} class(es)")
-    thresholds = _per_class(dict(settings.thresholds or {}), classes, "thresholds")
     largest = _per_class(dict(settings.keep_largest or {}), classes, "keep_largest")
-    masks = threshold(p, [float(thresholds.get(name, settings.threshold)) for name in classes])
+    masks = threshold(p, class_thresholds(settings, classes))
     if not settings.enabled:
         return masks
     for c, name in enumerate(classes):

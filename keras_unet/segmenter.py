@@ -11,7 +11,7 @@ import numpy as np
 from keras_unet import crops
 from keras_unet.config import Config, PostprocessConfig, flip_permutation
 from keras_unet.errors import KerasUnetError
-from keras_unet.postprocess import clean_masks, threshold
+from keras_unet.postprocess import class_thresholds, clean_masks, threshold
 from keras_unet.preprocess import normalize, prepare, unletterbox
 
 
@@ -88,8 +88,7 @@ class RefinedPredictor(Predictor):
         """(H, W, C) probabilities: the whole-image model's, with each refined class replaced inside its crop."""
         probs = super().predict_probs(image, tta)
         gray = normalize(_gray(image), self.fine.config.normalization)  # crops are cut from the normalised image
-        cut = threshold(probs, [self.config.postprocess.thresholds.get(c, self.config.postprocess.threshold)
-                                for c in self.classes])
+        cut = threshold(probs, class_thresholds(self.config.postprocess, self.classes))
         for name in self.fine.config.crops.classes:
             c = self.classes.index(name)
             box = crops.structure_box(cut[..., c], self.fine.config.crops.margin)

@@ -364,7 +364,7 @@ def train(config: Config, overwrite: bool = False, log=print) -> dict:
 
 
 def _train_stage(config: Config, out: Path, resuming: bool, start, log) -> dict:
-    """Train one model into out (prepared, config.json written); returns and writes its validation scores."""
+    """Train one model into the prepared run folder out (writes its config.json); returns and writes its validation scores."""
     config.save(out / "config.json")
     log(f"{'resuming' if resuming else 'run'}: {out}  classes: {', '.join(config.classes)}  "
         f"precision: {config.precision}")
@@ -399,7 +399,7 @@ def _train_stage(config: Config, out: Path, resuming: bool, start, log) -> dict:
             set_prior_bias(model, fractions)
             log("output bias set to the foreground prior: " + ", ".join(
                 f"{c} {f:.4f}" for c, f in zip(config.outputs(), fractions)))
-        train_ds = make_dataset(train_samples, config, training=True)
+        train_ds = make_dataset(train_samples, config, training=True, items=items)
         val_ds = make_dataset(val_samples, config, training=False)
         history_path = out / "history.csv"
         backup = out / BACKUP_DIR
