@@ -94,8 +94,9 @@ class RefinedPredictor(Predictor):
             box = crops.structure_box(cut[..., c], self.fine.config.crops.margin)
             if box is None:
                 continue  # nothing found, nothing to refine
-            patch = self.fine.predict_probs(crops.crop(gray, box), tta, normalized=True)[..., 0]
-            probs[..., c] = crops.paste(probs[..., c], patch, box)
+            boxes = [crops.scale_box(box, s) for s in self.fine.config.crops.tta_scales or [1.0]]
+            patches = [self.fine.predict_probs(crops.crop(gray, b), tta, normalized=True)[..., 0] for b in boxes]
+            probs[..., c] = crops.paste_mean(probs[..., c], patches, boxes)
         return probs
 
 

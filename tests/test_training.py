@@ -172,3 +172,14 @@ def test_refine_stage_trains_on_crops_after_the_first_and_resumes_alone(small_da
     train(tiny_config(small_data, out, tmp_path / "cache", **overrides), log=lines.append)
     assert "first stage already finished" in lines[0] and (out / "refine" / "model.keras").is_file()
     assert (out / "model.keras").stat().st_mtime_ns == first_model
+
+
+@pytest.mark.parametrize("scales", [[], [0.0], [1.0, 3.0], ["big"]])
+def test_refine_tta_scales_are_checked(scales):
+    config = Config(classes=["left_clavicle", "right_clavicle"])
+    config.refine.tta_scales = scales
+    with pytest.raises(ConfigError, match="refine.tta_scales must be a non-empty list"):
+        config.validate()
+    config.refine.tta_scales = [1.0, 1.2]
+    config.validate()
+    assert config.refine_stage().crops.tta_scales == [1.0, 1.2]
