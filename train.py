@@ -28,6 +28,8 @@ def parse_args(argv):
     p.add_argument("--base-filters", type=int, help="filters of the first level, doubled per level (default 12)")
     p.add_argument("--dropout", type=float, help="spatial dropout at the bottleneck (default 0)")
     p.add_argument("--upsampling", choices=("transpose", "bilinear"), help="decoder upsampling (default transpose)")
+    p.add_argument("--checkpoint", choices=["best", "last"],
+                   help="model kept: the epoch with the best validation Dice (default) or the last epoch")
     p.add_argument("--early-stopping", type=int, help="patience in epochs on validation Dice; 0 = off (default 15)")
     p.add_argument("--no-augment", action="store_true", help="switch augmentation off")
     p.add_argument("--cache-dir", help="where generated masks are cached (default ~/.cache/keras_unet)")
@@ -54,6 +56,7 @@ def main(argv=None) -> int:
         "seed": args.seed, "precision": args.precision, "val_fraction": args.val_fraction,
         "model.depth": args.depth, "model.base_filters": args.base_filters, "model.dropout": args.dropout,
         "model.upsampling": args.upsampling, "early_stopping": args.early_stopping,
+        "checkpoint": args.checkpoint,
         "augment.enabled": False if args.no_augment else None, "cache_dir": args.cache_dir,
         "skip_bad": True if args.skip_bad else None, "init_weights": args.init_weights,
         "pretrain_data": args.pretrain, "pretrain.epochs": args.pretrain_epochs,

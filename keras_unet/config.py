@@ -127,6 +127,7 @@ class Config:
     val_fraction: float = 0.2
     line_width: int = 3  # pixels, for line and linestrip shapes
     early_stopping: int = 15  # patience in epochs; 0 switches it off
+    checkpoint: str = "best"  # the model kept: "best" validation Dice, or "last" epoch (validation then only watched)
     cache_dir: str = ""  # empty: ~/.cache/keras_unet (or $KERAS_UNET_CACHE)
     skip_bad: bool = False  # leave out unusable annotation files (listed in skipped.txt) instead of stopping
     jit_compile: object = "auto"  # XLA for the training step: "auto" (Keras: on with a GPU, off on CPU), true, false
@@ -153,6 +154,7 @@ class Config:
             (isinstance(self.jit_compile, bool) or self.jit_compile == "auto",
              f"jit_compile must be auto, true or false, got {self.jit_compile!r}"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
+            (self.checkpoint in ("best", "last"), f"checkpoint must be best or last, got {self.checkpoint!r}"),
             (0.0 < self.val_fraction < 1.0, f"val_fraction must be between 0 and 1, got {self.val_fraction}"),
             (self.model.depth >= 1, f"model.depth must be at least 1, got {self.model.depth}"),
             (self.model.base_filters >= 1, f"model.base_filters must be at least 1, got {self.model.base_filters}"),

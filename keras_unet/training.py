@@ -65,19 +65,21 @@ def atomic_save(model: keras.Model, path: Path) -> None:
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Keep the model with the best validation score on disk, written atomically."""
+    """Keep the model with the best validation score (keep="best") or the latest epoch's ("last") on disk, atomically."""
 
-    def __init__(self, path: Path, monitor: str = "val_dice", best: float = -math.inf):
+    def __init__(self, path: Path, monitor: str = "val_dice", best: float = -math.inf, keep: str = "best"):
         super().__init__()
-        self.path, self.monitor, self.best = Path(path), monitor, best
+        self.path, self.monitor, self.best, self.keep = Path(path), monitor, best, keep
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if not _finite(logs.get("loss")):
             return  # never replace a good model with one from a diverged epoch
         value = logs.get(self.monitor)
-        if value is not None and float(value) > self.best:
+        better = value is not None and float(value) > self.best
+        if better:
             self.best = float(value)
+        if better or self.keep == "last":
             atomic_save(self.model, self.path)
 
 
@@ -324,7 +326,7 @@ def _fit(model, train_ds, val_ds, config: Config, out: Path, best: float, append
     nan_guard = StopOnNaN()
     callbacks = [  # history row first and backup last: a kill in between repeats an epoch, never skips one
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=append),
-        BestCheckpoint(out / MODEL_FILE, best=best),
+        BestCheckpoint(out / MODEL_FILE, best=best, keep=config.checkpoint),
         keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0),
         nan_guard,
     ]

@@ -374,6 +374,20 @@ def test_checkpoint_never_saves_a_diverged_epoch(tmp_path):
     assert path.read_text() == "good" and checkpoint.best == 0.4
 
 
+def test_checkpoint_last_keeps_every_finite_epoch(tmp_path):
+    class Model:
+        def save(self, path):
+            path.write_text(f"{self.label}")
+
+    model, path = Model(), tmp_path / "model.keras"
+    checkpoint = BestCheckpoint(path, keep="last")
+    checkpoint.set_model(model)
+    for epoch, (label, loss, dice) in enumerate([("e0", 0.5, 0.6), ("e1", 0.4, 0.3), ("e2", math.nan, 0.9)]):
+        model.label = label
+        checkpoint.on_epoch_end(epoch, {"loss": loss, "val_dice": dice})
+    assert path.read_text() == "e1"  # worse validation Dice than e0, but the last finite epoch
+
+
 # -- resume bookkeeping (fast; the real kill test is tests/test_kill_resume.py) --------------------------
 
 
