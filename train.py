@@ -41,6 +41,11 @@ def parse_args(argv):
     p.add_argument("--pretrain", metavar="DIR",
                    help="first pretrain the U-Net on the images in DIR (unlabelled; inpainting), then train from it")
     p.add_argument("--pretrain-epochs", type=int, help="epochs of --pretrain (default 8)")
+    p.add_argument("--self-train", metavar="DIR",
+                   help="self-training: train a teacher, label the images in DIR (unlabelled) with it, then train "
+                        "the run's model on both")
+    p.add_argument("--self-train-epochs", type=int,
+                   help="epochs of the self-trained model over labelled + pseudo-labelled images (default 60)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p.parse_args(argv)
@@ -60,6 +65,7 @@ def main(argv=None) -> int:
         "augment.enabled": False if args.no_augment else None, "cache_dir": args.cache_dir,
         "skip_bad": True if args.skip_bad else None, "init_weights": args.init_weights,
         "pretrain_data": args.pretrain, "pretrain.epochs": args.pretrain_epochs,
+        "self_train.data": args.self_train, "self_train.epochs": args.self_train_epochs,
     })
     from keras_unet.training import train  # imported late: TensorFlow start-up only once arguments are good
 

@@ -18,6 +18,8 @@ NORMALIZATIONS = ("percentile", "minmax", "none")
 PRETRAIN_LOSSES = ("l1", "mse")
 CROP_OUTPUT = "structure"  # the one output channel of a model on crops (refine stage)
 REFINE_DIR = "refine"  # the refine stage's run folder, inside the first stage's
+TEACHER_DIR = "teacher"  # self-training's teacher run, inside the run folder
+PSEUDO_DIR = "pseudo"  # the pseudo-labelled images (image + masks/ folder), inside the run folder
 
 
 @dataclass
@@ -111,6 +113,14 @@ class RefineConfig:
 
 
 @dataclass
+class SelfTrainConfig:
+    """Self-training (--self-train DIR): a teacher model labels unlabelled images, then the run's model trains on both."""
+
+    data: str = ""  # folder of unlabelled images (subfolders too); empty: no self-training
+    epochs: int = 60  # the final model's epochs over labelled + pseudo-labelled images (the teacher's: `epochs`)
+
+
+@dataclass
 class Config:
     """Every setting of a run; command-line flags override a config file, which overrides defaults."""
 
@@ -140,6 +150,7 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     crops: CropConfig = field(default_factory=CropConfig)
+    self_train: SelfTrainConfig = field(default_factory=SelfTrainConfig)
     version: str = __version__
 
     def validate(self) -> "Config":
@@ -167,6 +178,8 @@ class Config:
             (len(set(self.classes)) == len(self.classes), f"classes repeat a name: {self.classes}"),
             *self.pretrain_checks(),
             *self.refine_checks(),
+            (self.self_train.epochs >= 1, f"self_train.epochs must be at least 1, got {self.self_train.epochs}"),
+            (not (self.self_train.data and self.crops.classes), "self_train is for a whole-image model, not one on crops"),
         ]
         for ok, message in checks:
             if not ok:
@@ -233,6 +246,21 @@ class Config:
         stage.crops = CropConfig(classes=list(r.classes or self.classes), margin=r.margin, jitter=r.jitter,
                                  tta_scales=list(r.tta_scales))
         stage.init_weights = stage.pretrain_data = ""
+        stage.self_train = SelfTrainConfig()
+        return stage
+
+    def teacher_stage(self) -> "Config":
+        """The settings of self-training's teacher: this run's without self-training or refine, in RUN/teacher."""
+        stage = config_from_dict(self.to_dict(), "teacher stage")
+        stage.out = str(Path(self.out) / TEACHER_DIR)
+        stage.self_train, stage.refine = SelfTrainConfig(), RefineConfig()
+        return stage
+
+    def student_stage(self) -> "Config":
+        """The settings of the self-trained model: this run's, for self_train.epochs, from random weights."""
+        stage = config_from_dict(self.to_dict(), "self-trained stage")
+        stage.epochs = self.self_train.epochs
+        stage.init_weights = stage.pretrain_data = ""
         return stage
 
     def to_dict(self) -> dict:
@@ -255,6 +283,7 @@ _SECTIONS = {
     "pretrain": PretrainConfig,
     "refine": RefineConfig,
     "crops": CropConfig,
+    "self_train": SelfTrainConfig,
 }
 
 

@@ -178,9 +178,15 @@ def transfer(model: keras.Model, source: SourceWeights, here: dict, log=print, w
 
 
 def check_start(config: Config) -> SourceWeights | None:
-    """Before the run directory is touched: find --pretrain's images and read --init-weights, checking it fits."""
+    """Before the run directory is touched: find --pretrain's and --self-train's images, and read --init-weights,
+    checking it fits."""
     if config.pretrain_data:
         list_unlabelled(config.pretrain_data)
+    if config.self_train.data:
+        list_unlabelled(config.self_train.data, "--self-train")
+        if Path(config.self_train.data).expanduser().resolve() == Path(config.data).expanduser().resolve():
+            raise ConfigError(f"{config.self_train.data}: --self-train names the labelled --data folder itself; "
+                              "give a folder of unlabelled images")
     if not config.init_weights:
         return None
     source = read_source(config.init_weights)
@@ -205,18 +211,18 @@ def start_from(model: keras.Model, config: Config, source: SourceWeights | None,
 # -- unlabelled images ---------------------------------------------------------------------------------
 
 
-def list_unlabelled(folder) -> list[Path]:
-    """Every image file under folder (subfolders too, but not hidden ones or masks/), sorted."""
+def list_unlabelled(folder, flag: str = "--pretrain") -> list[Path]:
+    """Every image file under folder (subfolders too, but not hidden ones or masks/), sorted; flag names its option."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise ConfigError(f"{folder}: pretraining folder not found" if not folder.exists()
-                          else f"{folder}: --pretrain takes a folder of images, not a file")
+        raise ConfigError(f"{folder}: {flag} folder not found" if not folder.exists()
+                          else f"{folder}: {flag} takes a folder of images, not a file")
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIP_FOLDERS)
         found += [Path(root) / name for name in files if images.is_image_file(Path(root) / name)]
     if not found:
-        raise DataError(folder, f"no image files ({', '.join(images.IMAGE_SUFFIXES)}, or DICOM) for pretraining "
+        raise DataError(folder, f"no image files ({', '.join(images.IMAGE_SUFFIXES)}, or DICOM) for {flag} "
                                 "in this folder or its subfolders")
     return sorted(found)
 

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from keras_unet import __version__, images
 from keras_unet.annotations import resolve_classes
-from keras_unet.config import REFINE_DIR, Config
+from keras_unet.config import PSEUDO_DIR, REFINE_DIR, Config
 from keras_unet.crops import crop
 from keras_unet.data import crop_items, flip_for, make_dataset, split_samples
 from keras_unet.errors import ConfigError, KerasUnetError
@@ -24,7 +24,9 @@ from keras_unet.losses import get_loss, segmentation_metrics
 from keras_unet.images import write_bytes_atomic
 from keras_unet.masks import prepare_samples, write_problem_list
 from keras_unet.model import model_from_config
-from keras_unet.pretrain import check_start, start_from
+from keras_unet.pretrain import check_start, list_unlabelled, start_from
+from keras_unet.segmenter import Predictor
+from keras_unet.selftrain import pseudo_label
 
 MODEL_FILE = "model.keras"
 BACKUP_DIR = "backup"
@@ -354,6 +356,8 @@ def train(config: Config, overwrite: bool = False, log=print) -> dict:
     if resuming and (out / "metrics.json").exists():
         log(f"first stage already finished: {out / MODEL_FILE}")
         result = json.loads((out / "metrics.json").read_text())
+    elif config.self_train.data:
+        result = _self_train(config, out, start, log)
     else:
         result = _train_stage(config, out, resuming, start, log)
     if config.refine.enabled:
@@ -365,9 +369,38 @@ def train(config: Config, overwrite: bool = False, log=print) -> dict:
     return result
 
 
-def _train_stage(config: Config, out: Path, resuming: bool, start, log) -> dict:
-    """Train one model into the prepared run folder out (writes its config.json); returns and writes its validation scores."""
-    config.save(out / "config.json")
+def _self_train(config: Config, out: Path, start, log) -> dict:
+    """Teacher on the labelled images (RUN/teacher), its masks for the unlabelled ones (RUN/pseudo), then the
+    run's model on both; each part resumes or is reused after an interruption."""
+    config.save(out / "config.json")  # an interrupted teacher or labelling is then recognised as this run
+    teacher = config.teacher_stage()
+    teacher_dir = Path(teacher.out)
+    if (teacher_dir / "metrics.json").exists():
+        log(f"teacher already trained: {teacher_dir / MODEL_FILE}")
+        teacher_result = json.loads((teacher_dir / "metrics.json").read_text())
+    else:
+        log(f"self-training: teacher on the labelled images in {teacher_dir}")
+        teacher_result = _train_stage(teacher, teacher_dir, prepare_run_dir(teacher_dir, teacher, False), start, log)
+    paths = list_unlabelled(config.self_train.data, "--self-train")
+    model = keras.saving.load_model(teacher_dir / MODEL_FILE, compile=False, safe_mode=True)
+    predictor = Predictor(lambda batch: np.asarray(model(batch, training=False), np.float32), teacher,
+                          teacher_dir / MODEL_FILE)
+    summary = pseudo_label(predictor, paths, Path(config.self_train.data).expanduser(), out / PSEUDO_DIR, log)
+    log(f"pseudo-labels: {summary['images']} images in {out / PSEUDO_DIR}"
+        + (f" ({len(summary['skipped'])} left out)" if summary["skipped"] else ""))
+    pseudo = prepare_samples(out / PSEUDO_DIR, config.classes, cache_dir=config.cache_dir or None, log=log)
+    result = _train_stage(config.student_stage(), out, True, None, log, extra_train=pseudo, save_config=False)
+    result.update(teacher=teacher_result, pseudo_labelled=len(pseudo))
+    write_json_atomic(out / "metrics.json", result)
+    return result
+
+
+def _train_stage(config: Config, out: Path, resuming: bool, start, log, extra_train=(), save_config=True) -> dict:
+    """Train one model into the prepared run folder out; returns and writes its validation scores.
+
+    extra_train: samples added to the training ones (pseudo-labelled); save_config: write out/config.json."""
+    if save_config:
+        config.save(out / "config.json")
     log(f"{'resuming' if resuming else 'run'}: {out}  classes: {', '.join(config.classes)}  "
         f"precision: {config.precision}")
     if config.augment.enabled and config.augment.flip and flip_for(config) is None:
@@ -375,6 +408,7 @@ def _train_stage(config: Config, out: Path, resuming: bool, start, log) -> dict:
 
     bad: list = []
     train_samples, val_samples = load_samples(config, log, bad)
+    train_samples = train_samples + list(extra_train)
     report_skipped(out, bad, log)
     write_json_atomic(out / "split.json", {"train": [s.stem for s in train_samples], "val": [s.stem for s in val_samples]})
     items = None

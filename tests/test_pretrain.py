@@ -152,9 +152,9 @@ def test_missing_and_unreadable_init_weights_are_one_line_errors(tmp_path):
     (tmp_path / "weights.txt").write_text("1 2 3")
     with pytest.raises(ConfigError, match=r"weights.txt: cannot start from this kind of file"):
         pretrain.read_source(tmp_path / "weights.txt")
-    with pytest.raises(ConfigError, match=r"gone: pretraining folder not found"):
+    with pytest.raises(ConfigError, match=r"gone: --pretrain folder not found"):
         pretrain.check_start(tiny(pretrain_data=str(tmp_path / "gone")))
-    with pytest.raises(DataError, match=r"empty: no image files .* for pretraining"):
+    with pytest.raises(DataError, match=r"empty: no image files .* for --pretrain"):
         pretrain.check_start(tiny(pretrain_data=str(tmp_path / "empty")))
 
 

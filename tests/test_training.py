@@ -183,3 +183,45 @@ def test_refine_tta_scales_are_checked(scales):
     config.refine.tta_scales = [1.0, 1.2]
     config.validate()
     assert config.refine_stage().crops.tta_scales == [1.0, 1.2]
+
+
+def test_self_training_trains_a_teacher_labels_the_unlabelled_images_and_resumes(small_data, tmp_path):
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    for png in sorted(SAMPLE_DIR.glob("*.png"))[6:9]:
+        shutil.copy(png, unlabelled)
+    out = tmp_path / "run"
+    overrides = {"epochs": 1, "self_train.data": str(unlabelled), "self_train.epochs": 2}
+    lines = []
+    result = train(tiny_config(small_data, out, tmp_path / "cache", **overrides), log=lines.append)
+    assert result["teacher"]["epochs_run"] == 1 and result["epochs_run"] == 2 and result["pseudo_labelled"] == 3
+    assert (out / "teacher" / "model.keras").is_file() and (out / "model.keras").is_file()
+    assert sorted(p.name for p in (out / "pseudo" / "images").iterdir()) == sorted(
+        p.name for p in unlabelled.iterdir())
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["train"]) == 4 + 3 and len(split["val"]) == 2  # 4 labelled + 3 pseudo-labelled
+    assert json.loads((out / "teacher" / "split.json").read_text())["val"] == split["val"]
+    saved = load_config(out / "config.json")
+    assert saved.epochs == 1 and saved.self_train.epochs == 2  # the run's settings, not the stage's
+    teacher = load_config(out / "teacher" / "config.json")
+    assert not teacher.self_train.data and teacher.epochs == 1
+
+    (out / "metrics.json").unlink()  # as if killed while the self-trained model was training
+    teacher_model = (out / "teacher" / "model.keras").stat().st_mtime_ns
+    lines.clear()
+    train(tiny_config(small_data, out, tmp_path / "cache", **overrides), log=lines.append)
+    assert any("teacher already trained" in line for line in lines)
+    assert (out / "teacher" / "model.keras").stat().st_mtime_ns == teacher_model
+    assert json.loads((out / "metrics.json").read_text())["pseudo_labelled"] == 3
+
+
+def test_self_training_refuses_the_labelled_folder_and_a_missing_one(small_data, tmp_path):
+    from keras_unet.pretrain import check_start
+
+    config = tiny_config(small_data, tmp_path / "run", tmp_path / "cache")
+    config.self_train.data = str(small_data)
+    with pytest.raises(ConfigError, match="--self-train names the labelled --data folder itself"):
+        check_start(config)
+    config.self_train.data = str(tmp_path / "gone")
+    with pytest.raises(ConfigError, match="gone: --self-train folder not found"):
+        check_start(config)
