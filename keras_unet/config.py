@@ -95,7 +95,6 @@ class CropConfig:
     classes: list = field(default_factory=list)  # empty: whole images (a first stage); else one crop per class
     margin: float = 0.25  # crop side = the structure's longer side x (1 + 2 margin), centred on it
     jitter: float = 0.1  # training only: random shift (fraction of the side) and scale (1 +- jitter) of the crop
-    tta_scales: list = field(default_factory=lambda: [1.0])  # inference: crop sides (x the box's) whose results are averaged
 
 
 @dataclass
@@ -109,7 +108,9 @@ class RefineConfig:
     base_filters: int = 0  # 0: as the first stage
     margin: float = 0.25  # see CropConfig
     jitter: float = 0.1
-    tta_scales: list = field(default_factory=lambda: [1.0])
+    # inference only, read from the whole-image run's refine section:
+    tta_scales: list = field(default_factory=lambda: [1.0])  # crop sides (x the box's) whose results are averaged
+    blend: float = 1.0  # weight of the refine model's probabilities inside the crop (1: they replace the first's)
 
 
 @dataclass
@@ -230,9 +231,9 @@ class Config:
             *[(0 <= j < 0.5, f"{name}.jitter must be in [0, 0.5), got {j}") for name, j in
               (("refine", r.jitter), ("crops", c.jitter))],
             (not (r.enabled and c.classes), "refine.enabled is for a whole-image model, but crops.classes is set"),
-            *[(bool(t) and all(isinstance(s, (int, float)) and 0.5 <= s <= 2 for s in t),
-               f"{name}.tta_scales must be a non-empty list of numbers in [0.5, 2], got {t}") for name, t in
-              (("refine", r.tta_scales), ("crops", c.tta_scales))],
+            (bool(r.tta_scales) and all(isinstance(s, (int, float)) and 0.5 <= s <= 2 for s in r.tta_scales),
+             f"refine.tta_scales must be a non-empty list of numbers in [0.5, 2], got {r.tta_scales}"),
+            (0.0 <= r.blend <= 1.0, f"refine.blend must be in [0, 1], got {r.blend}"),
         ]
 
     def refine_stage(self) -> "Config":
@@ -243,8 +244,7 @@ class Config:
         stage.model.base_filters = r.base_filters or self.model.base_filters
         stage.out = str(Path(self.out) / REFINE_DIR)
         stage.refine = RefineConfig()
-        stage.crops = CropConfig(classes=list(r.classes or self.classes), margin=r.margin, jitter=r.jitter,
-                                 tta_scales=list(r.tta_scales))
+        stage.crops = CropConfig(classes=list(r.classes or self.classes), margin=r.margin, jitter=r.jitter)
         stage.init_weights = stage.pretrain_data = ""
         stage.self_train = SelfTrainConfig()
         return stage

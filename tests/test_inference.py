@@ -215,11 +215,12 @@ class SequenceNetwork:
 def test_refined_predictor_averages_the_crops_of_its_tta_scales():
     from keras_unet.segmenter import RefinedPredictor
 
-    coarse = Predictor(PatchNetwork(3, slice(10, 20), slice(30, 50)), tiny_config())
+    coarse_config = tiny_config()
+    coarse_config.refine.tta_scales = [1.0, 0.5]
+    coarse = Predictor(PatchNetwork(3, slice(10, 20), slice(30, 50)), coarse_config)
     fine_config = tiny_config()
     fine_config.image_size = 32
     fine_config.crops.classes, fine_config.crops.margin = ["left_clavicle"], 0.5
-    fine_config.crops.tta_scales = [1.0, 0.5]
     fine = Predictor(SequenceNetwork([0.2, 0.8]), fine_config)
     image = _image(64, 64)
     probs = RefinedPredictor(coarse, fine).predict_probs(image, tta=False)
@@ -229,6 +230,24 @@ def test_refined_predictor_averages_the_crops_of_its_tta_scales():
     expected[5:25, 30:50, 0] = 0.5  # the mean of 0.2 and 0.8
     np.testing.assert_allclose(probs, expected, atol=1e-6)
     assert fine.network.calls == 2
+
+
+def test_refined_predictor_blends_with_the_first_model_inside_the_crop():
+    from keras_unet.segmenter import RefinedPredictor
+
+    coarse_config = tiny_config()
+    coarse_config.refine.blend = 0.25
+    coarse = Predictor(PatchNetwork(3, slice(10, 20), slice(30, 50)), coarse_config)  # 0.9 / 0.05
+    fine_config = tiny_config()
+    fine_config.image_size = 32
+    fine_config.crops.classes, fine_config.crops.margin = ["left_clavicle"], 0.5
+    fine = Predictor(PatchNetwork(1, inside=0.5, outside=0.5), fine_config)
+    image = _image(64, 64)
+    probs = RefinedPredictor(coarse, fine).predict_probs(image, tta=False)
+    expected = coarse.predict_probs(image, tta=False)
+    expected[0:35, 20:60, 0] = 0.25 * 0.5 + 0.75 * 0.05  # crop (-5, 20, 40), outside the coarse rectangle
+    expected[10:20, 30:50, 0] = 0.25 * 0.5 + 0.75 * 0.9  # inside it
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
 
 
 def test_refined_predictor_leaves_an_image_without_the_structure_alone():

@@ -182,7 +182,9 @@ def test_refine_tta_scales_are_checked(scales):
         config.validate()
     config.refine.tta_scales = [1.0, 1.2]
     config.validate()
-    assert config.refine_stage().crops.tta_scales == [1.0, 1.2]
+    config.refine.blend = 1.5
+    with pytest.raises(ConfigError, match=r"refine.blend must be in \[0, 1\]"):
+        config.validate()
 
 
 def test_self_training_trains_a_teacher_labels_the_unlabelled_images_and_resumes(small_data, tmp_path):
