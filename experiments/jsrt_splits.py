@@ -2,8 +2,8 @@
 
 python experiments/jsrt_splits.py ../shared/datasets/jsrt-scr-fold1 /tmp/jsrt_splits
 
-Writes, under OUT: train104val20/{train,val} and seed13/{train,val} for train.py (Labelme JSON + image links),
-val20, test50 and rest111 as images/ + masks/<class>/ for evaluate.py, and pool/ (images only) for --rank.
+Writes, under OUT: train104val20/{train,val}, train104val20b/{train,val} (fold 2) and seed13/{train,val} for train.py (Labelme JSON + image links),
+val20, val20b, test50 and rest111 as images/ + masks/<class>/ for evaluate.py, and pool/ (images only) for --rank.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ def stems(source: Path) -> list[str]:
 
 
 def splits(order: list[str]) -> dict[str, list[str]]:
-    """Name -> stems: seed13 | pool (61) | test50, and train104 / val20 with val20 the last 20 of test50."""
+    """Name -> stems: seed13 | pool (61) | test50, and train104 / val20 with val20 the last 20 of test50;
+    fold 2 of the full-data recipe: val20b = the 20 before val20, train104b = the other 104."""
     return {"seed13": order[:13], "pool": order[13:74], "test50": order[74:], "rest111": order[13:],
-            "train104": order[:104], "val20": order[104:]}
+            "train104": order[:104], "val20": order[104:],
+            "train104b": order[:84] + order[104:], "val20b": order[84:104]}
 
 
 def _link(target: Path, link: Path) -> None:
@@ -56,9 +58,11 @@ def main() -> None:
     s = splits(stems(a.source))
     labelme_folder(a.source, s["train104"], a.out / "train104val20" / "train")
     labelme_folder(a.source, s["val20"], a.out / "train104val20" / "val")
+    labelme_folder(a.source, s["train104b"], a.out / "train104val20b" / "train")
+    labelme_folder(a.source, s["val20b"], a.out / "train104val20b" / "val")
     labelme_folder(a.source, s["seed13"], a.out / "seed13" / "train")
     labelme_folder(a.source, s["seed13"][:3], a.out / "seed13" / "val")
-    for name in ("val20", "test50", "rest111"):
+    for name in ("val20", "val20b", "test50", "rest111"):
         eval_folder(a.source, s[name], a.out / name)
     for stem in s["pool"]:
         _link(a.source / f"{stem}.png", a.out / "pool" / f"{stem}.png")

@@ -108,8 +108,7 @@ class RefineConfig:
     base_filters: int = 0  # 0: as the first stage
     margin: float = 0.25  # see CropConfig
     jitter: float = 0.1
-    # inference only, read from the whole-image run's refine section:
-    tta_scales: list = field(default_factory=lambda: [1.0])  # crop sides (x the box's) whose results are averaged
+    # inference only, read from the whole-image run's refine section (change it in RUN/config.json, no retraining):
     blend: float = 1.0  # weight of the refine model's probabilities inside the crop (1: they replace the first's)
 
 
@@ -231,8 +230,6 @@ class Config:
             *[(0 <= j < 0.5, f"{name}.jitter must be in [0, 0.5), got {j}") for name, j in
               (("refine", r.jitter), ("crops", c.jitter))],
             (not (r.enabled and c.classes), "refine.enabled is for a whole-image model, but crops.classes is set"),
-            (bool(r.tta_scales) and all(isinstance(s, (int, float)) and 0.5 <= s <= 2 for s in r.tta_scales),
-             f"refine.tta_scales must be a non-empty list of numbers in [0.5, 2], got {r.tta_scales}"),
             (0.0 <= r.blend <= 1.0, f"refine.blend must be in [0, 1], got {r.blend}"),
         ]
 

@@ -40,15 +40,6 @@ def structure_box(mask, margin: float) -> tuple[int, int, int] | None:
     return None if bounds is None else square_box(bounds, margin)
 
 
-def scale_box(box, scale: float) -> tuple[int, int, int]:
-    """The box with its side times scale, about the same centre (scale 1: the box itself)."""
-    top, left, side = box
-    if scale == 1.0:
-        return top, left, side
-    new = max(1, int(round(side * scale)))
-    return (int(math.floor(top + (side - new) / 2.0)), int(math.floor(left + (side - new) / 2.0)), new)
-
-
 def _overlap(box, height: int, width: int):
     """(rows, columns) of the image inside the box, and where they sit in the crop, as slices."""
     top, left, side = box
@@ -76,13 +67,3 @@ def paste(plane: np.ndarray, patch: np.ndarray, box) -> np.ndarray:
     out[inside] = patch[at]
     return out
 
-
-def paste_mean(plane: np.ndarray, patches, boxes) -> np.ndarray:
-    """A copy of the 2-D plane where each pixel under any box is the mean of the patches covering it."""
-    total = np.zeros(plane.shape, dtype=np.float64)
-    count = np.zeros(plane.shape, dtype=np.int32)
-    for patch, box in zip(patches, boxes):
-        inside, at = _overlap(box, plane.shape[0], plane.shape[1])
-        total[inside] += patch[at]
-        count[inside] += 1
-    return np.where(count > 0, total / np.maximum(count, 1), plane).astype(plane.dtype)

@@ -86,7 +86,7 @@ class RefinedPredictor(Predictor):
 
     def predict_probs(self, image: np.ndarray, tta: bool | None = None) -> np.ndarray:
         """(H, W, C) probabilities: the whole-image model's, with each refined class replaced (refine.blend 1) or
-        blended inside its crop; the run's refine.tta_scales average crops of several sides."""
+        blended with the refine model's inside its crop."""
         probs = super().predict_probs(image, tta)
         gray = normalize(_gray(image), self.fine.config.normalization)  # crops are cut from the normalised image
         cut = threshold(probs, class_thresholds(self.config.postprocess, self.classes))
@@ -95,9 +95,8 @@ class RefinedPredictor(Predictor):
             box = crops.structure_box(cut[..., c], self.fine.config.crops.margin)
             if box is None:
                 continue  # nothing found, nothing to refine
-            boxes = [crops.scale_box(box, s) for s in self.config.refine.tta_scales]
-            patches = [self.fine.predict_probs(crops.crop(gray, b), tta, normalized=True)[..., 0] for b in boxes]
-            refined = crops.paste_mean(probs[..., c], patches, boxes)  # the first model's outside the crops
+            patch = self.fine.predict_probs(crops.crop(gray, box), tta, normalized=True)[..., 0]
+            refined = crops.paste(probs[..., c], patch, box)  # the first model's outside the crop
             blend = np.float32(self.config.refine.blend)
             probs[..., c] = blend * refined + (np.float32(1.0) - blend) * probs[..., c]
         return probs

@@ -41,24 +41,3 @@ def test_crop_keeps_trailing_axes_and_refuses_a_box_outside_the_image():
     with pytest.raises(ValueError, match="outside"):
         crops.crop(image, (10, 0, 3))
 
-
-def test_scale_box_keeps_the_centre_by_hand():
-    assert crops.scale_box((10, 20, 40), 1.0) == (10, 20, 40)
-    # side 40 -> 48, centre (30, 40) kept: top = 10 + (40 - 48) / 2 = 6, left 16
-    assert crops.scale_box((10, 20, 40), 1.2) == (6, 16, 48)
-    # side 40 -> 32: top 14, left 24
-    assert crops.scale_box((10, 20, 40), 0.8) == (14, 24, 32)
-
-
-def test_paste_mean_averages_overlapping_patches_and_keeps_the_rest():
-    plane = np.full((6, 6), 0.5, np.float32)
-    big = np.full((4, 4), 1.0, np.float32)  # box (0, 0, 4): rows and columns 0..3
-    small = np.full((2, 2), 0.0, np.float32)  # box (1, 1, 2): rows and columns 1..2
-    out = crops.paste_mean(plane, [big, small], [(0, 0, 4), (1, 1, 2)])
-    expected = np.full((6, 6), 0.5, np.float32)
-    expected[0:4, 0:4] = 1.0
-    expected[1:3, 1:3] = 0.5  # (1 + 0) / 2
-    np.testing.assert_allclose(out, expected)
-    assert out.dtype == np.float32 and plane[0, 0] == 0.5  # the input plane is left as it was
-    # one patch: the same as paste
-    np.testing.assert_allclose(crops.paste_mean(plane, [big], [(0, 0, 4)]), crops.paste(plane, big, (0, 0, 4)))

@@ -201,37 +201,6 @@ def test_refined_predictor_replaces_each_structure_inside_its_crop():
     np.testing.assert_allclose(fine.network.inputs[0][0], crop_input, atol=1e-6)
 
 
-class SequenceNetwork:
-    """A one-channel network whose k-th call answers values[k] everywhere."""
-
-    def __init__(self, values):
-        self.values, self.calls = list(values), 0
-
-    def __call__(self, batch):
-        self.calls += 1
-        return np.full((*batch.shape[:3], 1), self.values[self.calls - 1], np.float32)
-
-
-def test_refined_predictor_averages_the_crops_of_its_tta_scales():
-    from keras_unet.segmenter import RefinedPredictor
-
-    coarse_config = tiny_config()
-    coarse_config.refine.tta_scales = [1.0, 0.5]
-    coarse = Predictor(PatchNetwork(3, slice(10, 20), slice(30, 50)), coarse_config)
-    fine_config = tiny_config()
-    fine_config.image_size = 32
-    fine_config.crops.classes, fine_config.crops.margin = ["left_clavicle"], 0.5
-    fine = Predictor(SequenceNetwork([0.2, 0.8]), fine_config)
-    image = _image(64, 64)
-    probs = RefinedPredictor(coarse, fine).predict_probs(image, tta=False)
-    # box (-5, 20, 40) as above; at scale 0.5: side 20, top -5 + 10 = 5, left 20 + 10 = 30
-    expected = coarse.predict_probs(image, tta=False)
-    expected[0:35, 20:60, 0] = 0.2
-    expected[5:25, 30:50, 0] = 0.5  # the mean of 0.2 and 0.8
-    np.testing.assert_allclose(probs, expected, atol=1e-6)
-    assert fine.network.calls == 2
-
-
 def test_refined_predictor_blends_with_the_first_model_inside_the_crop():
     from keras_unet.segmenter import RefinedPredictor
 
