@@ -179,17 +179,25 @@ class PatchNetwork:
         return out
 
 
+def _refine_pair(fine_value: float, blend: float = 1.0):
+    """A coarse stub finding left_clavicle on rows 10-19, columns 30-49 (0.9, else 0.05) of a 64 px input, and a
+    32 px refine stub answering fine_value everywhere, with margin 0.5."""
+    coarse_config = tiny_config()  # 64 px, so a 64 x 64 image passes unresized
+    coarse_config.refine.blend = blend
+    coarse = Predictor(PatchNetwork(3, slice(10, 20), slice(30, 50)), coarse_config)
+    fine_config = tiny_config()
+    fine_config.image_size = 32
+    fine_config.crops.classes, fine_config.crops.margin = ["left_clavicle"], 0.5
+    return coarse, Predictor(PatchNetwork(1, inside=fine_value, outside=fine_value), fine_config)
+
+
 def test_refined_predictor_replaces_each_structure_inside_its_crop():
     from keras_unet import crops
     from keras_unet.preprocess import normalize, prepare
     from keras_unet.segmenter import RefinedPredictor
 
-    coarse_config = tiny_config()  # 64 px, so a 64 x 64 image passes unresized
-    coarse = Predictor(PatchNetwork(3, slice(10, 20), slice(30, 50)), coarse_config)
-    fine_config = tiny_config()
-    fine_config.image_size = 32
-    fine_config.crops.classes, fine_config.crops.margin = ["left_clavicle"], 0.5
-    fine = Predictor(PatchNetwork(1, inside=0.7, outside=0.7), fine_config)
+    coarse, fine = _refine_pair(0.7)
+    fine_config = fine.config
     image = _image(64, 64)
     probs = RefinedPredictor(coarse, fine).predict_probs(image, tta=False)
     # the coarse left_clavicle covers rows 10-19, columns 30-49: side ceil(20 x 2) = 40 at (-5, 20)
@@ -204,13 +212,7 @@ def test_refined_predictor_replaces_each_structure_inside_its_crop():
 def test_refined_predictor_blends_with_the_first_model_inside_the_crop():
     from keras_unet.segmenter import RefinedPredictor
 
-    coarse_config = tiny_config()
-    coarse_config.refine.blend = 0.25
-    coarse = Predictor(PatchNetwork(3, slice(10, 20), slice(30, 50)), coarse_config)  # 0.9 / 0.05
-    fine_config = tiny_config()
-    fine_config.image_size = 32
-    fine_config.crops.classes, fine_config.crops.margin = ["left_clavicle"], 0.5
-    fine = Predictor(PatchNetwork(1, inside=0.5, outside=0.5), fine_config)
+    coarse, fine = _refine_pair(0.5, blend=0.25)
     image = _image(64, 64)
     probs = RefinedPredictor(coarse, fine).predict_probs(image, tta=False)
     expected = coarse.predict_probs(image, tta=False)
