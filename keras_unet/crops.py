@@ -66,4 +66,3 @@ def paste(plane: np.ndarray, patch: np.ndarray, box) -> np.ndarray:
     inside, at = _overlap(box, out.shape[0], out.shape[1])
     out[inside] = patch[at]
     return out
-
