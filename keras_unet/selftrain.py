@@ -24,14 +24,20 @@ def pseudo_name(path, root) -> str:
     return "__".join(relative.parts)
 
 
+def pseudo_labelled(folder) -> dict | None:
+    """The summary of a finished pseudo-label folder (its finished.txt), else None."""
+    done = Path(folder) / DONE_FILE
+    return json.loads(done.read_text()) if done.is_file() else None
+
+
 def pseudo_label(predictor, paths, root, folder, log=print) -> dict:
     """Write each image under root (copied as is) and the predictor's cleaned masks for it into folder.
 
     Unreadable images are left out with a warning. A finished folder (finished.txt) is reused; returns its summary."""
     folder = Path(folder)
-    done = folder / DONE_FILE
-    if done.is_file():
-        return json.loads(done.read_text())
+    finished = pseudo_labelled(folder)
+    if finished is not None:
+        return finished
     written, skipped, stems = 0, [], {}
     for path in paths:
         name = pseudo_name(path, root)
@@ -54,5 +60,5 @@ def pseudo_label(predictor, paths, root, folder, log=print) -> dict:
         images.write_bytes_atomic(folder / "images" / name, data)  # last: an image in images/ has all its masks
         written += 1
     summary = {"images": written, "skipped": skipped, "teacher": predictor.source}
-    images.write_bytes_atomic(done, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+    images.write_bytes_atomic(folder / DONE_FILE, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
     return summary

@@ -26,7 +26,7 @@ from keras_unet.masks import prepare_samples, write_problem_list
 from keras_unet.model import model_from_config
 from keras_unet.pretrain import check_start, list_unlabelled, start_from
 from keras_unet.segmenter import Predictor
-from keras_unet.selftrain import pseudo_label
+from keras_unet.selftrain import pseudo_label, pseudo_labelled
 
 MODEL_FILE = "model.keras"
 BACKUP_DIR = "backup"
@@ -353,13 +353,10 @@ def train(config: Config, overwrite: bool = False, log=print) -> dict:
     start = check_start(config)  # --init-weights and --pretrain problems surface before the run directory is made
     out = Path(config.out)
     resuming = prepare_run_dir(out, config, overwrite)
-    if resuming and (out / "metrics.json").exists():
-        log(f"first stage already finished: {out / MODEL_FILE}")
-        result = json.loads((out / "metrics.json").read_text())
-    elif config.self_train.data:
-        result = _self_train(config, out, start, log)
-    else:
-        result = _train_stage(config, out, resuming, start, log)
+    result = _finished(out, "first stage", log) if resuming else None
+    if result is None:
+        result = (_self_train(config, out, start, log) if config.self_train.data
+                  else _train_stage(config, out, resuming, start, log))
     if config.refine.enabled:
         stage = config.refine_stage()
         log(f"refine stage: crops around {', '.join(stage.crops.classes)} at {stage.image_size} px")
@@ -369,23 +366,32 @@ def train(config: Config, overwrite: bool = False, log=print) -> dict:
     return result
 
 
+def _finished(out: Path, stage: str, log) -> dict | None:
+    """The scores of a stage that already finished in out (its metrics.json), else None."""
+    path = out / "metrics.json"
+    if not path.exists():
+        return None
+    log(f"{stage} already finished: {out / MODEL_FILE}")
+    return json.loads(path.read_text())
+
+
 def _self_train(config: Config, out: Path, start, log) -> dict:
     """Teacher on the labelled images (RUN/teacher), its masks for the unlabelled ones (RUN/pseudo), then the
     run's model on both; each part resumes or is reused after an interruption."""
     config.save(out / "config.json")  # an interrupted teacher or labelling is then recognised as this run
     teacher = config.teacher_stage()
     teacher_dir = Path(teacher.out)
-    if (teacher_dir / "metrics.json").exists():
-        log(f"teacher already trained: {teacher_dir / MODEL_FILE}")
-        teacher_result = json.loads((teacher_dir / "metrics.json").read_text())
-    else:
+    teacher_result = _finished(teacher_dir, "teacher", log)
+    if teacher_result is None:
         log(f"self-training: teacher on the labelled images in {teacher_dir}")
         teacher_result = _train_stage(teacher, teacher_dir, prepare_run_dir(teacher_dir, teacher, False), start, log)
-    paths = list_unlabelled(config.self_train.data, "--self-train")
-    model = keras.saving.load_model(teacher_dir / MODEL_FILE, compile=False, safe_mode=True)
-    predictor = Predictor(lambda batch: np.asarray(model(batch, training=False), np.float32), teacher,
-                          teacher_dir / MODEL_FILE)
-    summary = pseudo_label(predictor, paths, Path(config.self_train.data).expanduser(), out / PSEUDO_DIR, log)
+    summary = pseudo_labelled(out / PSEUDO_DIR)
+    if summary is None:
+        paths = list_unlabelled(config.self_train.data, "--self-train")
+        model = keras.saving.load_model(teacher_dir / MODEL_FILE, compile=False, safe_mode=True)
+        predictor = Predictor(lambda batch: np.asarray(model(batch, training=False), np.float32), teacher,
+                              teacher_dir / MODEL_FILE)
+        summary = pseudo_label(predictor, paths, Path(config.self_train.data).expanduser(), out / PSEUDO_DIR, log)
     log(f"pseudo-labels: {summary['images']} images in {out / PSEUDO_DIR}"
         + (f" ({len(summary['skipped'])} left out)" if summary["skipped"] else ""))
     pseudo = prepare_samples(out / PSEUDO_DIR, config.classes, cache_dir=config.cache_dir or None, log=log)
