@@ -2,8 +2,9 @@
 
 python experiments/jsrt_splits.py ../shared/datasets/jsrt-scr-fold1 /tmp/jsrt_splits
 
-Writes, under OUT: train104val20/{train,val}, train104val20b/{train,val} (fold 2) and seed13/{train,val} for train.py (Labelme JSON + image links),
-val20, val20b, test50 and rest111 as images/ + masks/<class>/ for evaluate.py, and pool/ (images only) for --rank.
+Writes, under OUT, for train.py (Labelme JSON + image links): train104val20/{train,val} (fold 1),
+train104val20b, train104val20c and train104val20d (folds 2-4) and seed13/{train,val}; for evaluate.py
+(images/ + masks/<class>/): val20, val20b, val20c, val20d, test50 and rest111; and pool/ (images only) for --rank.
 """
 
 from __future__ import annotations
@@ -23,10 +24,14 @@ def stems(source: Path) -> list[str]:
 
 def splits(order: list[str]) -> dict[str, list[str]]:
     """Name -> stems: seed13 | pool (61) | test50, and train104 / val20 with val20 the last 20 of test50;
-    fold 2 of the full-data recipe: val20b = the 20 before val20, train104b = the other 104."""
+    fold 2 of the full-data recipe: val20b = the 20 before val20, train104b = the other 104;
+    folds 3 and 4, checks no setting was chosen on: val20c = order[44:64] and val20d = order[24:44] (both inside
+    pool), train104c / train104d = the other 104."""
     return {"seed13": order[:13], "pool": order[13:74], "test50": order[74:], "rest111": order[13:],
             "train104": order[:104], "val20": order[104:],
-            "train104b": order[:84] + order[104:], "val20b": order[84:104]}
+            "train104b": order[:84] + order[104:], "val20b": order[84:104],
+            "train104c": order[:44] + order[64:], "val20c": order[44:64],
+            "train104d": order[:24] + order[44:], "val20d": order[24:44]}
 
 
 def _link(target: Path, link: Path) -> None:
@@ -60,9 +65,13 @@ def main() -> None:
     labelme_folder(a.source, s["val20"], a.out / "train104val20" / "val")
     labelme_folder(a.source, s["train104b"], a.out / "train104val20b" / "train")
     labelme_folder(a.source, s["val20b"], a.out / "train104val20b" / "val")
+    labelme_folder(a.source, s["train104c"], a.out / "train104val20c" / "train")
+    labelme_folder(a.source, s["val20c"], a.out / "train104val20c" / "val")
+    labelme_folder(a.source, s["train104d"], a.out / "train104val20d" / "train")
+    labelme_folder(a.source, s["val20d"], a.out / "train104val20d" / "val")
     labelme_folder(a.source, s["seed13"], a.out / "seed13" / "train")
     labelme_folder(a.source, s["seed13"][:3], a.out / "seed13" / "val")
-    for name in ("val20", "val20b", "test50", "rest111"):
+    for name in ("val20", "val20b", "val20c", "val20d", "test50", "rest111"):
         eval_folder(a.source, s[name], a.out / name)
     for stem in s["pool"]:
         _link(a.source / f"{stem}.png", a.out / "pool" / f"{stem}.png")
