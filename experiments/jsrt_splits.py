@@ -15,6 +15,9 @@ import random
 from pathlib import Path
 
 
+FOLDS = ("", "b", "c", "d")  # suffixes of the full-data folds' split names: train104<fold> / val20<fold>
+
+
 def stems(source: Path) -> list[str]:
     """The annotated stems of the dataset, in the fixed shuffled order every split is cut from."""
     order = sorted(p.stem for p in source.glob("*.json"))
@@ -61,17 +64,12 @@ def main() -> None:
     p.add_argument("out", type=Path)
     a = p.parse_args()
     s = splits(stems(a.source))
-    labelme_folder(a.source, s["train104"], a.out / "train104val20" / "train")
-    labelme_folder(a.source, s["val20"], a.out / "train104val20" / "val")
-    labelme_folder(a.source, s["train104b"], a.out / "train104val20b" / "train")
-    labelme_folder(a.source, s["val20b"], a.out / "train104val20b" / "val")
-    labelme_folder(a.source, s["train104c"], a.out / "train104val20c" / "train")
-    labelme_folder(a.source, s["val20c"], a.out / "train104val20c" / "val")
-    labelme_folder(a.source, s["train104d"], a.out / "train104val20d" / "train")
-    labelme_folder(a.source, s["val20d"], a.out / "train104val20d" / "val")
+    for fold in FOLDS:
+        labelme_folder(a.source, s[f"train104{fold}"], a.out / f"train104val20{fold}" / "train")
+        labelme_folder(a.source, s[f"val20{fold}"], a.out / f"train104val20{fold}" / "val")
     labelme_folder(a.source, s["seed13"], a.out / "seed13" / "train")
     labelme_folder(a.source, s["seed13"][:3], a.out / "seed13" / "val")
-    for name in ("val20", "val20b", "val20c", "val20d", "test50", "rest111"):
+    for name in (*(f"val20{fold}" for fold in FOLDS), "test50", "rest111"):
         eval_folder(a.source, s[name], a.out / name)
     for stem in s["pool"]:
         _link(a.source / f"{stem}.png", a.out / "pool" / f"{stem}.png")

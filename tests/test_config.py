@@ -9,7 +9,7 @@ from keras_unet.errors import ConfigError
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
 
 
-def test_configs_folder_is_not_empty():
+def test_shipped_configs_are_the_two_recipes():
     assert [p.name for p in SHIPPED] == ["jsrt_clavicles.yaml", "small_data.yaml"]
 
 
