@@ -1,37 +1,10 @@
-"""Score a trained model against ground truth (Labelme or image + mask folder) and write a report folder."""
+"""Score a trained model against ground truth (Labelme or image + mask folder) and write a report folder.
 
-from __future__ import annotations
+The command line lives in keras_unet.cli.evaluate; `python evaluate.py --help` lists the flags."""
 
-import argparse
 import sys
 
-from keras_unet.cli import add_inference_options, load_for_inference, run_main
-
-
-def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__)
-    add_inference_options(p)
-    p.add_argument("--data", required=True, help="Labelme folder, or images with masks/<class>/<stem>.png")
-    p.add_argument("--out", required=True, help="report folder to write")
-    p.add_argument("--spacing", help="pixel spacing in mm, 'S' or 'ROW,COL': adds HD95 and ASSD in mm "
-                                     "(default: each DICOM image's own PixelSpacing; this overrides it)")
-    p.add_argument("--sweep", action="store_true", help="also report mean Dice per class at thresholds 0.1..0.9")
-    p.add_argument("--classes", help="comma-separated subset of the model's classes to score (default: all)")
-    p.add_argument("--overwrite", action="store_true", help="replace the report files in an existing --out")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
-    return p.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    from keras_unet.evaluation import evaluate, parse_spacing
-
-    spacing = parse_spacing(args.spacing)
-    predictor, settings = load_for_inference(args)
-    evaluate(predictor, args.data, args.out, settings, spacing=spacing, sweep=args.sweep, classes=args.classes,
-             overwrite=args.overwrite)
-    return 0
-
+from keras_unet.cli.evaluate import main
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(main())

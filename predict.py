@@ -1,52 +1,10 @@
 """Segment an image or a folder of images: masks per class, overlays and, optionally, Labelme files.
 
-With --rank: rank the folder's unannotated images by how unsure the model is (OUT/ranking.csv) and write Labelme
-pre-annotations of the --top most uncertain ones, to annotate next.
-"""
+The command line lives in keras_unet.cli.predict; `python predict.py --help` lists the flags."""
 
-from __future__ import annotations
-
-import argparse
 import sys
 
-from keras_unet.cli import add_inference_options, load_for_inference, run_main
-
-
-def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__)
-    add_inference_options(p)
-    p.add_argument("--input", required=True, help="an image file, or a folder of them")
-    p.add_argument("--out", required=True, help="output folder: <class>/<stem>.png, overlays/<stem>.png")
-    p.add_argument("--labelme", action="store_true", help="also write <stem>.json Labelme files of the polygons")
-    p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out")
-    p.add_argument("--rank", action="store_true", help="instead of segmenting every image: rank the images without "
-                   "a Labelme JSON beside them, most uncertain first (OUT/ranking.csv), and write pre-annotations "
-                   "(OUT/<stem>.json) of the --top ones")
-    p.add_argument("--top", type=int, help="with --rank: how many images get pre-annotations and are printed "
-                   "(default 10)")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
-    args = p.parse_args(argv)
-    if args.top is not None and not args.rank:
-        p.error("--top needs --rank")
-    if args.top is not None and args.top < 0:
-        p.error(f"--top must be 0 or more, got {args.top}")
-    return args
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    from keras_unet.inference import predict_folder
-    from keras_unet.ranking import DEFAULT_TOP, rank_folder
-
-    predictor, settings = load_for_inference(args)
-    if args.rank:
-        top = DEFAULT_TOP if args.top is None else args.top
-        result = rank_folder(predictor, args.input, args.out, settings, top=top, overwrite=args.overwrite)
-    else:
-        result = predict_folder(predictor, args.input, args.out, settings, labelme=args.labelme,
-                                overwrite=args.overwrite)
-    return 1 if result["failed"] else 0
-
+from keras_unet.cli.predict import main
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(main())

@@ -238,11 +238,11 @@ class Worker:
 
 
 def phantom_samples(folder, count: int, size: int = 512, seed: int = 0):
-    """Write `count` synthetic radiographs with Labelme JSON (keras_unet.phantom) and return their Samples.
+    """Write `count` synthetic radiographs with Labelme JSON (keras_unet.data.phantom) and return their Samples.
 
-    Masks are rasterised into folder/cache by keras_unet.masks exactly as train.py does it."""
-    from keras_unet.masks import prepare_samples
-    from keras_unet.phantom import LABELS, write_sample
+    Masks are rasterised into folder/cache by keras_unet.data.samples exactly as train.py does it."""
+    from keras_unet.data.samples import prepare_samples
+    from keras_unet.data.phantom import LABELS, write_sample
 
     folder = Path(folder)
     write_sample(folder / "data", count=count, size=size, seed=seed, overwrite=True)
@@ -252,7 +252,7 @@ def phantom_samples(folder, count: int, size: int = 512, seed: int = 0):
 def bench_config(folder, image_size: int, base_filters: int, batch_size: int = 8, **overrides):
     """The classic U-Net as a project Config: depth 4, transposed-convolution upsampling, batch norm, BCE loss."""
     from keras_unet.config import Config, ModelConfig
-    from keras_unet.phantom import LABELS
+    from keras_unet.data.phantom import LABELS
 
     values = dict(data=str(Path(folder) / "data"), classes=list(LABELS), image_size=image_size,
                   batch_size=batch_size, loss="bce", precision="float32", cache_dir=str(Path(folder) / "cache"),

@@ -10,8 +10,8 @@ import time
 import keras
 import numpy as np
 
-from keras_unet.losses import BceDiceLoss
-from keras_unet.model import build_unet
+from keras_unet.model.losses import BceDiceLoss
+from keras_unet.model.unet import build_unet
 
 
 def synthetic_batch(rng, batch, size, classes):

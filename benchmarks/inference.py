@@ -1,19 +1,19 @@
 """Inference latency (batch 1) and throughput (batch 8) of every runtime the project exports to, side by side.
 
 A U-Net (depth 4, transposed convolutions, `--base` filters, default 12 as the project ships it) is trained with
-keras_unet.training.train (project defaults, bce_dice loss) on 128-px phantom radiographs (keras_unet.phantom),
-then exported with keras_unet.export.export_run at each benchmark size, which writes SavedModel, TFLite float32 /
+keras_unet.train.run.train (project defaults, bce_dice loss) on 128-px phantom radiographs (keras_unet.data.phantom),
+then exported with keras_unet.export.exporter.export_run at each benchmark size, which writes SavedModel, TFLite float32 /
 float16 / int8 and ONNX and runs the parity gates on its validation images (Dice of the thresholded masks
 against Keras, float >= 0.999,
 int8 >= 0.98). The runtimes, all with the machine's cores as threads:
 
   keras_predict  model.predict
-  keras_call     a traced tf.function of the model (keras_unet.export.keras_predict)
+  keras_call     a traced tf.function of the model (keras_unet.infer.runtimes.keras_network)
   keras_xla      the same with jit_compile=True (XLA)
                  (ratios are taken against the fastest of these three: the best float32 Keras does)
-  saved_model    the SavedModel's `serve` endpoint (keras_unet.export.saved_model_predict)
-  tflite*        LiteRT with XNNPACK (keras_unet.edge.TFLiteModel; batch 8 = 8 single-image invocations)
-  onnx           ONNX Runtime (keras_unet.onnx_model.OnnxModel)
+  saved_model    the SavedModel's `serve` endpoint (keras_unet.infer.runtimes.saved_model_network)
+  tflite*        LiteRT with XNNPACK (keras_unet.infer.runtimes.TFLiteModel; batch 8 = 8 single-image invocations)
+  onnx           ONNX Runtime (keras_unet.infer.runtimes.OnnxModel)
 
 Achieved GFLOP/s count the convolutions analytically (common.conv_flops) and are compared with the float32
 matrix-multiply peak measured in the same rounds as the runtimes with numpy and TensorFlow (2048 x 2048 products,
@@ -40,14 +40,15 @@ TILE = 128  # px: the model is trained on phantoms of this size, and sees anatom
 
 
 def write_mosaics(folder: Path, count: int, size: int, seed: int = 0) -> Path:
-    """`count` Labelme images of size x size px, each a grid of TILE-px phantoms (keras_unet.phantom.make_phantom).
+    """`count` Labelme images of size x size px, each a grid of TILE-px phantoms (keras_unet.data.phantom.make_phantom).
 
     The U-Net is fully convolutional but learns the scale of the anatomy it is trained on; a mosaic shows a
     model trained at TILE px the same scale at 256 and 512 px, so its masks (and the parity gates) mean something."""
     import cv2
     import numpy as np
 
-    from keras_unet.phantom import LABELS, labelme_document, make_phantom
+    from keras_unet.data.phantom import LABELS, make_phantom
+    from keras_unet.io.labelme import labelme_document
 
     out = folder / f"mosaic_{size}"
     out.mkdir(parents=True, exist_ok=True)
@@ -69,7 +70,7 @@ def write_mosaics(folder: Path, count: int, size: int, seed: int = 0) -> Path:
 
 def train_run(report, folder: Path, args) -> Path:
     """A run directory (model.keras, config.json, split.json) trained at TILE px with the project's defaults."""
-    from keras_unet.training import train
+    from keras_unet.train.run import train
 
     data = write_mosaics(folder, args.train_images, TILE)
     config = bench_config(folder, TILE, args.base, 8, data=str(data), loss="bce_dice", epochs=args.epochs,
@@ -96,7 +97,7 @@ def run_at_size(run: Path, folder: Path, size: int, count: int) -> Path:
 
 
 def export(report, run: Path, folder: Path, size: int, args) -> tuple[Path, dict]:
-    from keras_unet.export import ExportOptions, export_run
+    from keras_unet.export.exporter import ExportOptions, export_run
 
     out = folder / f"export_{size}"
     options = ExportOptions(calibration_images=args.calibration, parity_images=args.parity, overwrite=True)
@@ -115,16 +116,17 @@ def runtimes(model, export_dir: Path, threads: int, thread_variants: bool) -> di
     """{name: predict(batch) -> probabilities} for every runtime."""
     import tensorflow as tf
 
-    from keras_unet.edge import TFLiteModel
-    from keras_unet.export import FILES, keras_predict, saved_model_predict
-    from keras_unet.onnx_model import OnnxModel
+    from keras_unet.infer.runtimes import TFLiteModel
+    from keras_unet.export.convert import FILES
+    from keras_unet.infer.runtimes import keras_network, saved_model_network
+    from keras_unet.infer.runtimes import OnnxModel
 
     xla = tf.function(lambda x: model(x, training=False), jit_compile=True)
     run = {
         "keras_predict": lambda x: model.predict(x, batch_size=len(x), verbose=0),
-        "keras_call": keras_predict(model),
+        "keras_call": keras_network(model),
         "keras_xla": lambda x: xla(tf.constant(x)).numpy(),
-        "saved_model": saved_model_predict(export_dir / FILES["saved_model"]),
+        "saved_model": saved_model_network(export_dir / FILES["saved_model"]),
     }
     for fmt in ("tflite", "tflite_fp16", "tflite_int8"):
         run[fmt] = TFLiteModel(export_dir / FILES[fmt], num_threads=threads).predict
@@ -191,7 +193,7 @@ def measure(report, export_dir: Path, size: int, batch, args, threads: int) -> d
         report.line(f"fastest {size} px b{n}: {fastest}, {best:.1f} GFLOP/s = {100 * best / peak:.1f}% of the "
                     f"{peak:.1f} GFLOP/s matmul peak")
         if n > 1:  # the parity of the timed outputs, on training and validation images alike
-            from keras_unet.export import compare
+            from keras_unet.export.parity import compare
 
             classes = [f"class{c}" for c in range(outputs["keras_call"].shape[-1])]
             found = float((outputs["keras_call"] > 0.5).mean())
@@ -242,7 +244,7 @@ def main(argv=None):
     report, threads = tf_report("inference", args)
     import numpy as np
 
-    from keras_unet.export import load_batch
+    from keras_unet.export.parity import load_batch
 
     fractions = {}
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as folder:

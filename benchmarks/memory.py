@@ -1,10 +1,10 @@
 """Peak resident memory of a real training run: 512 px, batch 8, base 32 (depth 4, transposed convolutions).
 
-Each variant runs keras_unet.training.train (the train.py path: masks cache, tf.data pipeline with augmentation,
+Each variant runs keras_unet.train.run.train (the train.py path: masks cache, tf.data pipeline with augmentation,
 fit with all callbacks, checkpoint, final validation) for one epoch in a fresh subprocess over phantom
 radiographs; the peak RSS of that subprocess is read from os.wait4's rusage (ru_maxrss) and its VmHWM.
 Variants: default (the project's defaults: no XLA on a CPU), xla (jit_compile: true, with the memory-saving XLA
-scheduler keras_unet.training sets for it), xla_concurrent (XLA's own concurrency-optimised scheduler).
+scheduler keras_unet.train.run sets for it), xla_concurrent (XLA's own concurrency-optimised scheduler).
 The ratio is the 6 GiB budget over the peak (above 1: within budget).
 
     python benchmarks/memory.py [--quick]
@@ -39,7 +39,7 @@ def child(config_path: str) -> int:
 
     threads = int(os.environ.get("BENCH_THREADS", cores()))
     configure_tf(threads)
-    from keras_unet.training import train
+    from keras_unet.train.run import train
 
     config = load_config(config_path)
     start = time.time()

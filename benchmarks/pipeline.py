@@ -3,7 +3,7 @@
 Pipeline: images/s that make_dataset (training=True, augmentation on: rotation, scale, shift, flip with class
 swap, contrast, brightness, gamma, noise) delivers on its own, iterated epoch after epoch once its cache is
 filled (the first epoch decodes and letterboxes; later ones only augment, as in training), over phantom
-radiographs written by keras_unet.phantom at 512 px.
+radiographs written by keras_unet.data.phantom at 512 px.
 Step: images/s the project's training step consumes (keras_unet.training.compile_model, `fit`, default settings)
 on a batch that is already in memory, for the project's default U-Net (base 12, depth 4: the fastest step, so
 the hardest case for the pipeline) and the benchmark one (base 32), at the same image size and batch. Pipeline
@@ -35,8 +35,8 @@ def step_runner(config, batch):
     import keras
     import tensorflow as tf
 
-    from keras_unet.model import model_from_config
-    from keras_unet.training import compile_model
+    from keras_unet.model.unet import model_from_config
+    from keras_unet.train.run import compile_model
     from train_vs_torch import StepTimer
 
     keras.utils.set_random_seed(config.seed)
@@ -53,7 +53,7 @@ def step_runner(config, batch):
 
 
 def measure(report, samples, folder, size, args):
-    from keras_unet.data import make_dataset
+    from keras_unet.data.pipeline import make_dataset
 
     config = bench_config(folder, size, args.bases[0], args.batch)
     dataset = make_dataset(samples, config, training=True)

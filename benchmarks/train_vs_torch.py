@@ -2,7 +2,7 @@
 
 Keras: keras_unet.model (depth 4, base 32 or 64, transposed-convolution upsampling, batch norm), compiled by
 keras_unet.training.compile_model (the `bce` loss, cosine-decayed Adam, the Dice/IoU metrics), `fit` on
-keras_unet.data.make_dataset (augmentation on) over phantom radiographs written by keras_unet.phantom; a step is
+keras_unet.data.make_dataset (augmentation on) over phantom radiographs written by keras_unet.data.phantom; a step is
 timed from the batch-begin to the batch-end callback, so waiting for data counts.
 PyTorch: the same architecture written out below (two 3x3 conv + batch norm + ReLU per level, max-pool down, 2x2
 transposed conv up, 1x1 head), BCEWithLogitsLoss and Adam, on in-memory batches of the same images.
@@ -12,7 +12,7 @@ are started and warmed up one after the other (the first repetition compiles), t
 in turn for one repetition of `--steps` steps, in an order that rotates, and takes medians. Candidates:
 
   keras         the project's defaults (jit_compile "auto": no XLA on a CPU)
-  keras_xla     jit_compile true (XLA, with the memory-saving scheduler keras_unet.training sets for it)
+  keras_xla     jit_compile true (XLA, with the memory-saving scheduler keras_unet.train.run sets for it)
   keras_xla_concurrent  the same with XLA's default concurrency-optimised scheduler (before that change)
   keras_onednn  TF_ENABLE_ONEDNN_OPTS=1 (TensorFlow's oneDNN kernels; off by default on CPUs without AVX-512)
   torch         the PyTorch reference
@@ -94,8 +94,8 @@ def torch_count(model) -> int:
 
 def samples_in(folder):
     """The Samples of the phantom data the coordinator wrote (the masks cache is already filled)."""
-    from keras_unet.masks import prepare_samples
-    from keras_unet.phantom import LABELS
+    from keras_unet.data.samples import prepare_samples
+    from keras_unet.data.phantom import LABELS
 
     folder = Path(folder)
     return prepare_samples(folder / "data", list(LABELS), cache_dir=folder / "cache", log=None)
@@ -123,13 +123,13 @@ def StepTimer():  # noqa: N802  (a class made on demand so that importing this m
 
 
 def keras_worker(spec: dict) -> None:
-    from keras_unet.training import compile_model  # first, as train.py imports it: TensorFlow starts here
+    from keras_unet.train.run import compile_model  # first, as train.py imports it: TensorFlow starts here
 
     configure_tf(spec["threads"])
     import keras
 
-    from keras_unet.data import make_dataset
-    from keras_unet.model import model_from_config
+    from keras_unet.data.pipeline import make_dataset
+    from keras_unet.model.unet import model_from_config
 
     config = bench_config(spec["folder"], spec["size"], spec["base"], spec["batch"], jit_compile=spec["jit"])
     samples = samples_in(spec["folder"])
@@ -154,8 +154,8 @@ def torch_batches(samples, config):
     import numpy as np
     import torch
 
-    from keras_unet import images
-    from keras_unet.preprocess import letterbox, prepare
+    from keras_unet.io import images
+    from keras_unet.imaging.preprocess import letterbox, prepare
 
     xs, ys = [], []
     for s in samples:

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from keras_unet import __version__
+from keras_unet.classes import check_unique
 from keras_unet.errors import ConfigError
+from keras_unet.run_folder import REFINE_DIR, TEACHER_DIR
 
 DEFAULT_DATA_DIR = "data/sample"
 LOSSES = ("bce_dice", "bce", "dice", "focal_tversky")
@@ -17,9 +19,6 @@ UPSAMPLING = ("transpose", "bilinear")
 NORMALIZATIONS = ("percentile", "minmax", "none")
 PRETRAIN_LOSSES = ("l1", "mse")
 CROP_OUTPUT = "structure"  # the one output channel of a model on crops (refine stage)
-REFINE_DIR = "refine"  # the refine stage's run folder, inside the first stage's
-TEACHER_DIR = "teacher"  # self-training's teacher run, inside the run folder
-PSEUDO_DIR = "pseudo"  # the pseudo-labelled images (image + masks/ folder), inside the run folder
 
 
 @dataclass
@@ -155,6 +154,7 @@ class Config:
 
     def validate(self) -> "Config":
         """Raise ConfigError on the first setting that cannot work."""
+        check_unique(self.classes)
         checks = [
             (self.image_size >= 2 ** self.model.depth and self.image_size % 2 ** self.model.depth == 0,
              f"image_size {self.image_size} must be a multiple of 2**depth = {2 ** self.model.depth}"),
@@ -175,7 +175,6 @@ class Config:
              f"normalization.method must be one of {', '.join(NORMALIZATIONS)}"),
             (0.0 <= self.normalization.low < self.normalization.high <= 100.0,
              "normalization percentiles must satisfy 0 <= low < high <= 100"),
-            (len(set(self.classes)) == len(self.classes), f"classes repeat a name: {self.classes}"),
             *self.pretrain_checks(),
             *self.refine_checks(),
             (self.self_train.epochs >= 1, f"self_train.epochs must be at least 1, got {self.self_train.epochs}"),
@@ -264,12 +263,6 @@ class Config:
         """Plain nested dict, JSON-ready."""
         return dataclasses.asdict(self)
 
-    def save(self, path) -> None:
-        """Write as JSON, atomically."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
-        tmp.replace(path)
 
 
 _SECTIONS = {
@@ -338,21 +331,3 @@ def load_config(path) -> Config:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"{path}: not valid {'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'} ({first})") from None
     return config_from_dict(values, str(path))
-
-
-def flip_permutation(classes) -> list | None:
-    """Channel order after a horizontal flip (left_* <-> right_* swapped), or None when a pair is incomplete."""
-    classes = list(classes)
-    index = {name: i for i, name in enumerate(classes)}
-    perm = []
-    for name in classes:
-        if name.startswith("left_"):
-            partner = "right_" + name[len("left_"):]
-        elif name.startswith("right_"):
-            partner = "left_" + name[len("right_"):]
-        else:
-            partner = name
-        if partner not in index:
-            return None
-        perm.append(index[partner])
-    return perm

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from keras_unet.config import Config, ModelConfig
+from keras_unet.io.files import write_json_atomic
 
 CLASSES = ["left_clavicle", "right_clavicle", "rib"]  # the bundled sample's classes
 SIZE = 64
@@ -43,7 +44,7 @@ def _save_run(model, folder, config: Config | None = None) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model.keras")
-    (config or tiny_config()).save(folder / "config.json")
+    write_json_atomic(folder / "config.json", (config or tiny_config()).to_dict())
     return folder
 
 
@@ -51,9 +52,9 @@ def train_tiny_run(folder) -> Path:
     """A tiny U-Net fitted for two steps on blob scenes, saved as a run folder (its output is near random)."""
     import keras
 
-    from keras_unet.losses import BceDiceLoss
-    from keras_unet.model import build_unet
-    from keras_unet.preprocess import prepare
+    from keras_unet.imaging.preprocess import prepare
+    from keras_unet.model.losses import BceDiceLoss
+    from keras_unet.model.unet import build_unet
 
     config = tiny_config()
     rng = np.random.default_rng(0)
@@ -75,7 +76,7 @@ def blob_model():
     import keras
     from keras import layers
 
-    from keras_unet.losses import BceDiceLoss
+    from keras_unet.model.losses import BceDiceLoss
 
     inputs = keras.Input((None, None, 1), name="image")
     x = layers.AveragePooling2D(3, strides=1, padding="same", name="smooth")(inputs)

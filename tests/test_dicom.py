@@ -134,7 +134,7 @@ def test_size_listing_and_labelme_size_from_the_dicom(tmp_path):
     (folder / "notes.txt").write_text("not an image")
     assert [p.name for p in inference.list_images(folder)] == ["1.2.840.99", "a.dcm", "b.png"]
     data = (folder / "a.dcm").read_bytes()
-    assert images.image_size(data, folder / "a.dcm") == (20, 30)
+    assert images.image_dimensions(data, folder / "a.dcm") == (20, 30)
     undeclared = document([shape("rib", [[1, 1], [9, 1], [9, 9]])], "a.dcm", height=None, width=None)
     annotation = ann.read_labelme(write_json(folder / "a.json", undeclared))
     assert (annotation.height, annotation.width) == (20, 30)

@@ -100,7 +100,7 @@ def test_jpeg_exif_orientation_is_applied(tmp_path):
     path = tmp_path / "rotated.jpg"
     path.write_bytes(_pil_bytes(PIL_Image.fromarray(np.zeros((8, 12), np.uint8)), "JPEG", exif=exif.tobytes()))
     assert images.read_image(path).shape == (12, 8)
-    assert images.image_size(path.read_bytes(), path) == (12, 8)
+    assert images.image_dimensions(path.read_bytes(), path) == (12, 8)
 
 
 def test_unicode_path(tmp_path):
@@ -116,7 +116,7 @@ def test_decode_image_from_bytes():
 @pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif", ".bmp"])
 def test_image_size_reads_header(tmp_path, suffix):
     path = write_image(tmp_path / f"a{suffix}", gradient(17, 23))
-    assert images.image_size(path.read_bytes(), path) == (17, 23)
+    assert images.image_dimensions(path.read_bytes(), path) == (17, 23)
 
 
 def _error(path_or_call, *args) -> str:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 import struct
-import uuid
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from keras_unet import dicom
-from keras_unet.errors import DataError
+from keras_unet.errors import DataError, last_line
+from keras_unet.io import dicom
+from keras_unet.io.files import read_bytes, write_bytes_atomic
 
 MAX_PIXELS = 100_000_000  # images with more pixels than this are refused (about 10000 x 10000)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", *dicom.SUFFIXES)
@@ -34,24 +34,42 @@ def is_image_file(path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES or dicom.is_dicom_file(path)
 
 
+def list_images(path, recursive: bool = False, skip=(), purpose: str = "") -> list[Path]:
+    """An image file as a one-item list, or a folder's image files (DICOM of any name too), sorted.
+
+    recursive: subfolders too, except hidden ones and those named in skip; purpose names the use in errors."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(path, "input not found")
+    if path.is_file():
+        return [path]
+    found = []
+    for root, folders, files in os.walk(path):
+        folders[:] = sorted(d for d in folders if recursive and not d.startswith(".") and d not in skip)
+        found += [Path(root) / name for name in files if is_image_file(Path(root) / name)]
+    if not found:
+        where = "in this folder or its subfolders" if recursive else "in this folder"
+        use = f" for {purpose}" if purpose else ""
+        raise DataError(path, f"no image files ({', '.join(IMAGE_SUFFIXES)}, or DICOM){use} {where}")
+    return sorted(found)
+
+
+def float_to_uint16(image: np.ndarray) -> np.ndarray:
+    """A floating-point image linearly rescaled from its finite min..max to 0..65535 (non-finite pixels: 0)."""
+    finite = np.isfinite(image)
+    if not finite.any():
+        return np.zeros(image.shape, dtype=np.uint16)
+    low, high = float(image[finite].min()), float(image[finite].max())
+    scaled = (np.where(finite, image, low) - low) / ((high - low) or 1.0)
+    return np.round(scaled * 65535).astype(np.uint16)
+
+
 def read_spacing(source) -> tuple[float, float] | None:
     """Pixel spacing (row, column) in mm of a DICOM image (a path or its bytes); None for other formats."""
     if isinstance(source, (bytes, bytearray)):
         return dicom.read_spacing(source) if dicom.has_magic(source) else None
     return dicom.read_spacing(source) if dicom.is_dicom_file(source) else None
 
-
-def read_bytes(path) -> bytes:
-    """Read a file's bytes, raising DataError for a missing or unreadable file."""
-    path = Path(path)
-    try:
-        if not path.exists():
-            raise DataError(path, "file not found")
-        if path.is_dir():
-            raise DataError(path, "is a folder, not an image file")
-        return np.fromfile(path, dtype=np.uint8).tobytes()
-    except (OSError, ValueError) as error:
-        raise DataError(path, f"cannot read the file ({getattr(error, 'strerror', None) or error})") from None
 
 
 def decode_image(data: bytes, source) -> np.ndarray:
@@ -74,7 +92,7 @@ def decode_image(data: bytes, source) -> np.ndarray:
     try:
         image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     except cv2.error as error:
-        raise DataError(source, f"cannot decode the {kind.upper()} image ({_first_line(error)})") from None
+        raise DataError(source, f"cannot decode the {kind.upper()} image ({last_line(error)})") from None
     if image is None:
         raise DataError(source, f"cannot decode the {kind.upper()} image (corrupt or truncated)")
     if image.size == 0:
@@ -83,10 +101,10 @@ def decode_image(data: bytes, source) -> np.ndarray:
     return _to_gray(image, source)
 
 
-def image_size(data: bytes, source) -> tuple[int, int]:
+def image_dimensions(data: bytes, source) -> tuple[int, int]:
     """(height, width) of an image file's bytes, read from the header where the format allows."""
     if data and dicom.is_dicom(data, source):
-        size = dicom.image_size(dicom.parse(data, source, pixels=False), source)
+        size = dicom.image_dimensions(dicom.parse(data, source, pixels=False), source)
         _check_size(*size, source)
         return size
     kind = _sniff(data) if data else None
@@ -119,36 +137,12 @@ def write_png(path, array: np.ndarray, durable: bool = False) -> None:
     write_bytes_atomic(path, encoded.tobytes(), durable)
 
 
-def write_bytes_atomic(path, data: bytes, durable: bool = False) -> None:
-    """Write bytes through a temporary file in the same folder and os.replace (durable: fsync before)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            if durable:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise DataError(path, f"cannot write the file ({error.strerror or error})") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
 
 def _decode_dicom(data: bytes, source) -> np.ndarray:
     dataset = dicom.parse(data, source)
-    _check_size(*dicom.image_size(dataset, source), source)
+    _check_size(*dicom.image_dimensions(dataset, source), source)
     return dicom.decode(dataset, source)
 
-
-def _first_line(error) -> str:
-    text = str(error).strip().splitlines()
-    return text[-1].strip() if text else type(error).__name__
 
 
 def _check_size(height: int, width: int, source) -> None:

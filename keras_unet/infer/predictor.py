@@ -1,18 +1,27 @@
 """The runtime-independent core of inference: raw image in, probabilities and masks at the original size out.
 
-Any network that maps float32 (N, S, S, 1) inputs to (N, S, S, C) probabilities plugs in: `inference.load_predictor`
-gives it Keras, SavedModel, TFLite or ONNX networks, `edge.EdgeSegmenter` a LiteRT one. numpy and OpenCV only.
+Any network that maps float32 (N, S, S, 1) inputs to (N, S, S, C) probabilities plugs in (`infer.runtimes`):
+`infer.load.load_predictor` gives it Keras, SavedModel, TFLite or ONNX networks, `infer.edge.EdgeSegmenter` a LiteRT
+one. numpy and OpenCV only.
+
+Every runtime goes through the same steps, so thresholds and scores do not depend on the runtime:
+`preprocess.prepare` (normalise, letterbox to the square network input), the network, then `preprocess.unletterbox`
+back to the image's original size. Test-time augmentation (TTA) averages that with the same steps run on the
+horizontally flipped image, whose output is flipped back and has its left_*/right_* channels swapped.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from keras_unet import crops
-from keras_unet.config import Config, PostprocessConfig, flip_permutation
-from keras_unet.errors import KerasUnetError
-from keras_unet.postprocess import class_thresholds, clean_masks, threshold
-from keras_unet.preprocess import normalize, prepare, unletterbox
+from keras_unet.classes import flip_permutation
+from keras_unet.config import Config, PostprocessConfig
+from keras_unet.errors import ConfigError, KerasUnetError
+from keras_unet.imaging import crops
+from keras_unet.imaging.postprocess import class_thresholds, clean_masks, threshold
+from keras_unet.imaging.preprocess import normalize, prepare, unletterbox
 
 
 class Predictor:
@@ -109,3 +118,14 @@ def _gray(image) -> np.ndarray:
     if a.ndim != 2 or a.size == 0:
         raise ValueError(f"expected a non-empty 2-D grayscale image, got shape {a.shape}")
     return a
+
+
+def postprocess_settings(base: PostprocessConfig, enabled: bool = True, tta: bool = True,
+                         threshold: float | None = None) -> PostprocessConfig:
+    """The run's clean-up settings with command-line switches applied (a threshold replaces per-class ones)."""
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ConfigError(f"--threshold must be between 0 and 1, got {threshold}")
+    changes = {"enabled": base.enabled and enabled, "tta": base.tta and tta}
+    if threshold is not None:
+        changes.update(threshold=float(threshold), thresholds={})
+    return dataclasses.replace(base, **changes)

@@ -1,8 +1,9 @@
-"""Training: run directory, distribution strategy, precision, callbacks, fit, final validation score."""
+"""Training a run: the run folder, distribution strategy, precision, the stages (first, refine, self-training's
+teacher and student), and the final validation scores."""
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import json
 import math
 import os
@@ -14,28 +15,25 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_unet import __version__, images
-from keras_unet.annotations import resolve_classes
-from keras_unet.config import PSEUDO_DIR, REFINE_DIR, Config
-from keras_unet.crops import crop
-from keras_unet.data import crop_items, flip_for, make_dataset, split_samples
-from keras_unet.errors import ConfigError, KerasUnetError
-from keras_unet.losses import get_loss, segmentation_metrics
-from keras_unet.images import write_bytes_atomic
-from keras_unet.masks import prepare_samples, write_problem_list
-from keras_unet.model import model_from_config
-from keras_unet.pretrain import check_start, list_unlabelled, start_from
-from keras_unet.segmenter import Predictor
-from keras_unet.selftrain import pseudo_label, pseudo_labelled
-
-MODEL_FILE = "model.keras"
-BACKUP_DIR = "backup"
-FIT_DONE = "fit_done"  # marker inside BACKUP_DIR: fit() ended normally, only the final scores are missing
-SKIPPED_FILE = "skipped.txt"
-
-
-class TrainingError(KerasUnetError):
-    """Training cannot go on (a NaN loss, say)."""
+from keras_unet import __version__
+from keras_unet.config import Config, config_from_dict
+from keras_unet.data.pipeline import crop_items, flip_for, make_dataset
+from keras_unet.data.samples import load_samples, prepare_samples, resolve_classes, write_problem_list
+from keras_unet.errors import ConfigError, TrainingError
+from keras_unet.imaging.crops import crop
+from keras_unet.infer.load import load_predictor
+from keras_unet.io import images
+from keras_unet.io.files import write_json_atomic
+from keras_unet.model.losses import get_loss, segmentation_metrics
+from keras_unet.model.saving import load_model
+from keras_unet.model.unet import model_from_config
+from keras_unet.run_folder import (BACKUP_DIR, CONFIG_FILE, CURVES_FILE, FIT_DONE, HISTORY_FILE, LOGS_DIR,
+                                   METRICS_FILE, MODEL_FILE, PSEUDO_DIR, REFINE_DIR, SKIPPED_FILE, SPLIT_FILE)
+from keras_unet.train.callbacks import BestCheckpoint
+from keras_unet.train.fit import fit, resume_history
+from keras_unet.train.history import plot_curves, read_history
+from keras_unet.train.pretrain import check_start, list_unlabelled, start_from
+from keras_unet.train.selftrain import pseudo_label, pseudo_labelled
 
 
 def gpu_count() -> int:
@@ -59,174 +57,12 @@ def select_strategy() -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def atomic_save(model: keras.Model, path: Path) -> None:
-    """Save a .keras file through a temporary file and a rename, so no half-written model is ever on disk."""
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
-class BestCheckpoint(keras.callbacks.Callback):
-    """Keep the model with the best validation score (keep="best") or the latest epoch's ("last") on disk, atomically."""
-
-    def __init__(self, path: Path, monitor: str = "val_dice", best: float = -math.inf, keep: str = "best"):
-        super().__init__()
-        self.path, self.monitor, self.best, self.keep = Path(path), monitor, best, keep
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        if not _finite(logs.get("loss")):
-            return  # never replace a good model with one from a diverged epoch
-        value = logs.get(self.monitor)
-        better = value is not None and float(value) > self.best
-        if better:
-            self.best = float(value)
-        if better or self.keep == "last":
-            atomic_save(self.model, self.path)
-
-
-class SafeBackup(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore that keeps two copies and never backs up an epoch whose loss is not finite."""
-
-    def __init__(self, backup_dir):
-        super().__init__(str(backup_dir), double_checkpoint=True, delete_checkpoint=False)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if _finite((logs or {}).get("loss")):
-            super().on_epoch_end(epoch, logs)
-
-    def _save_model(self):
-        """Keras's backup, with every file written through a temporary file and a rename (kill-safe)."""
-        backup = Path(self.backup_dir)
-        backup.mkdir(parents=True, exist_ok=True)
-        for latest, previous in ((self._weights_path, self._prev_weights_path),
-                                 (self._training_metadata_path, self._prev_training_metadata_path)):
-            if Path(latest).exists():
-                write_bytes_atomic(Path(previous), Path(latest).read_bytes())
-        tmp = backup / ".latest.tmp.weights.h5"
-        self.model.save_weights(str(tmp), overwrite=True)
-        os.replace(tmp, self._weights_path)
-        metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
-        write_bytes_atomic(Path(self._training_metadata_path), json.dumps(metadata).encode("utf-8"))
-
-
-def _finite(value) -> bool:
-    try:
-        return value is None or math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
-
-
-class StopOnNaN(keras.callbacks.Callback):
-    """Stop at the first non-finite loss and say what usually causes it."""
-
-    def __init__(self):
-        super().__init__()
-        self.failed_at = None
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(float(loss)):
-            self.failed_at = batch
-            self.model.stop_training = True
-
-
-def read_history(path: Path) -> list[dict]:
-    """Complete rows of a CSVLogger history file, numbers as floats (a row cut short by a kill is dropped)."""
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        rows = [_history_row(row, reader.fieldnames) for row in reader]
-    return [row for row in rows if row is not None]
-
-
-def _history_row(row: dict, fields) -> dict | None:
-    if None in row or any(row.get(k) in ("", None) for k in fields):
-        return None
-    try:
-        values = {k: float(v) if v != "NA" else math.nan for k, v in row.items()}
-    except ValueError:
-        return None
-    return values if float(values["epoch"]).is_integer() else None
-
-
-def backup_epoch(backup: Path) -> int:
-    """Epochs completed according to the BackupAndRestore metadata (0 when there is none or it is unreadable)."""
-    for name in ("training_metadata.json", "training_metadata.json.bkp"):
-        try:
-            return int(json.loads((backup / name).read_text())["epoch"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return 0
-
-
-def repair_backup(backup: Path) -> None:
-    """Put back the previous backup metadata when a kill left the latest one unreadable (or drop it)."""
-    latest, previous = backup / "training_metadata.json", backup / "training_metadata.json.bkp"
-    if not latest.exists():
-        return
-    try:
-        json.loads(latest.read_text())["epoch"]
-    except (OSError, ValueError, KeyError, TypeError):
-        if previous.exists():
-            shutil.copyfile(previous, latest)
-        else:
-            latest.unlink(missing_ok=True)
-
-
-def trim_history(path: Path, epochs_done: int) -> list[dict]:
-    """Rewrite history.csv atomically with only the complete rows of epochs before epochs_done; returns them."""
-    rows = [r for r in read_history(path) if int(r["epoch"]) < epochs_done]
-    rows = [r for k, r in enumerate(rows) if int(r["epoch"]) == k]  # no gaps, no repeats
-    if not rows:
-        path.unlink(missing_ok=True)
-        return []
-    fields = list(rows[0])
-    lines = [",".join(fields)] + [",".join(_csv_value(k, r.get(k, math.nan)) for k in fields) for r in rows]
-    write_bytes_atomic(path, ("\r\n".join(lines) + "\r\n").encode())
-    return rows
-
-
-def _csv_value(key: str, value: float) -> str:
-    return str(int(value)) if key == "epoch" else repr(float(value))
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """Write JSON through a temporary file and os.replace."""
-    write_bytes_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
-
-
-def plot_curves(history: list[dict], path: Path) -> None:
-    """Loss and Dice per epoch, training and validation, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [int(r["epoch"]) + 1 for r in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key in zip(axes, ("loss", "dice")):
-        for prefix, style in (("", "-"), ("val_", "--")):
-            values = [r.get(prefix + key, np.nan) for r in history]
-            ax.plot(epochs, values, style, label=f"{'validation' if prefix else 'training'} {key}")
-        ax.set_xlabel("epoch")
-        ax.set_title(key)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}")
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 def prepare_run_dir(out: Path, config: Config, overwrite: bool) -> bool:
     """Create the run directory; True when resuming an unfinished run (no metrics.json yet) of the same settings."""
     if out.exists() and any(out.iterdir()):
-        saved = out / "config.json"
-        interrupted = (out / BACKUP_DIR).exists() or (saved.exists() and not (out / "metrics.json").exists()) or (
-            config.refine.enabled and saved.exists() and not (out / REFINE_DIR / "metrics.json").exists())
+        saved = out / CONFIG_FILE
+        interrupted = (out / BACKUP_DIR).exists() or (saved.exists() and not (out / METRICS_FILE).exists()) or (
+            config.refine.enabled and saved.exists() and not (out / REFINE_DIR / METRICS_FILE).exists())
         if overwrite:
             shutil.rmtree(out)
         elif interrupted and saved.exists() and _same_run(saved, config):
@@ -248,16 +84,6 @@ def _same_run(saved: Path, config: Config) -> bool:
     ignore = {"version", "skip_bad"}
     new = config.to_dict()
     return {k: v for k, v in old.items() if k not in ignore} == {k: v for k, v in new.items() if k not in ignore}
-
-
-def load_samples(config: Config, log=print, bad: list | None = None):
-    """Training and validation samples: train/ and val/ subfolders when present, else a seeded split."""
-    data = Path(config.data)
-    kwargs = dict(classes=config.classes, cache_dir=config.cache_dir or None, line_width=config.line_width, log=log,
-                  skip_bad=config.skip_bad, bad=bad)
-    if (data / "train").is_dir() and (data / "val").is_dir():
-        return prepare_samples(data / "train", **kwargs), prepare_samples(data / "val", **kwargs)
-    return split_samples(prepare_samples(data, **kwargs), config.val_fraction, config.seed)
 
 
 def report_skipped(out: Path, bad: list, log=print) -> None:
@@ -324,32 +150,24 @@ def set_prior_bias(model, fractions, floor: float = 1e-4) -> None:
 
 
 def _fit(model, train_ds, val_ds, config: Config, out: Path, best: float, append: bool) -> None:
-    """model.fit with the run's callbacks; raises TrainingError when the loss stops being finite."""
-    nan_guard = StopOnNaN()
-    callbacks = [  # history row first and backup last: a kill in between repeats an epoch, never skips one
-        keras.callbacks.CSVLogger(str(out / "history.csv"), append=append),
-        BestCheckpoint(out / MODEL_FILE, best=best, keep=config.checkpoint),
-        keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0),
-        nan_guard,
-    ]
+    """fit() with the run's callbacks: the model kept, TensorBoard logs and early stopping."""
+    callbacks = [BestCheckpoint(out / MODEL_FILE, best=best, keep=config.checkpoint),
+                 keras.callbacks.TensorBoard(str(out / LOGS_DIR), write_graph=False, profile_batch=0)]
     if config.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_dice", mode="max", patience=config.early_stopping, verbose=1))
-    callbacks.append(SafeBackup(out / BACKUP_DIR))
-    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks, verbose=2,
-              shuffle=False)  # the dataset shuffles itself
-    if nan_guard.failed_at is not None:
-        raise TrainingError(
-            f"{out}: the loss became NaN/infinite (batch {nan_guard.failed_at}); the learning rate "
-            f"({config.learning_rate}) is likely too high, or the data holds broken images/masks. "
-            "The last good model is kept.")
+    fit(model, train_ds, config.epochs, out, out / HISTORY_FILE, append, val_ds=val_ds, callbacks=callbacks,
+        advice=f"the learning rate ({config.learning_rate}) is likely too high, or the data holds broken "
+               "images/masks. The last good model is kept.")
 
 
 def train(config: Config, overwrite: bool = False, log=print) -> dict:
-    """Train a U-Net as the config says (then its refine stage, if enabled); returns the final validation scores."""
-    config.classes = resolve_classes(config.classes, Path(config.data))
-    config.precision = resolve_precision(config.precision)
-    config.validate()
+    """Train a U-Net as the config says (then its refine stage, if enabled); returns the final validation scores.
+
+    The caller's config is left as it is: the run works on a copy with the classes and precision resolved."""
+    config = dataclasses.replace(config_from_dict(config.to_dict()),
+                                 classes=resolve_classes(config.classes, Path(config.data)),
+                                 precision=resolve_precision(config.precision)).validate()
     start = check_start(config)  # --init-weights and --pretrain problems surface before the run directory is made
     out = Path(config.out)
     resuming = prepare_run_dir(out, config, overwrite)
@@ -362,13 +180,13 @@ def train(config: Config, overwrite: bool = False, log=print) -> dict:
         log(f"refine stage: crops around {', '.join(stage.crops.classes)} at {stage.image_size} px")
         refined = _train_stage(stage, Path(stage.out), prepare_run_dir(Path(stage.out), stage, False), None, log)
         result["refine"] = refined
-        write_json_atomic(out / "metrics.json", result)
+        write_json_atomic(out / METRICS_FILE, result)
     return result
 
 
 def _finished(out: Path, stage: str, log) -> dict | None:
     """The scores of a stage that already finished in out (its metrics.json), else None."""
-    path = out / "metrics.json"
+    path = out / METRICS_FILE
     if not path.exists():
         return None
     log(f"{stage} already finished: {out / MODEL_FILE}")
@@ -378,7 +196,7 @@ def _finished(out: Path, stage: str, log) -> dict | None:
 def _self_train(config: Config, out: Path, start, log) -> dict:
     """Teacher on the labelled images (RUN/teacher), its masks for the unlabelled ones (RUN/pseudo), then the
     run's model on both; each part resumes or is reused after an interruption."""
-    config.save(out / "config.json")  # an interrupted teacher or labelling is then recognised as this run
+    write_json_atomic(out / CONFIG_FILE, config.to_dict())  # an interrupted teacher or labelling is then recognised as this run
     teacher = config.teacher_stage()
     teacher_dir = Path(teacher.out)
     teacher_result = _finished(teacher_dir, "teacher", log)
@@ -388,16 +206,14 @@ def _self_train(config: Config, out: Path, start, log) -> dict:
     summary = pseudo_labelled(out / PSEUDO_DIR)
     if summary is None:
         paths = list_unlabelled(config.self_train.data, "--self-train")
-        model = keras.saving.load_model(teacher_dir / MODEL_FILE, compile=False, safe_mode=True)
-        predictor = Predictor(lambda batch: np.asarray(model(batch, training=False), np.float32), teacher,
-                              teacher_dir / MODEL_FILE)
+        predictor = load_predictor(teacher_dir / MODEL_FILE, refine=False)
         summary = pseudo_label(predictor, paths, Path(config.self_train.data).expanduser(), out / PSEUDO_DIR, log)
     log(f"pseudo-labels: {summary['images']} images in {out / PSEUDO_DIR}"
         + (f" ({len(summary['skipped'])} left out)" if summary["skipped"] else ""))
     pseudo = prepare_samples(out / PSEUDO_DIR, config.classes, cache_dir=config.cache_dir or None, log=log)
     result = _train_stage(config.student_stage(), out, True, None, log, extra_train=pseudo, save_config=False)
     result.update(teacher=teacher_result, pseudo_labelled=len(pseudo))
-    write_json_atomic(out / "metrics.json", result)
+    write_json_atomic(out / METRICS_FILE, result)
     return result
 
 
@@ -406,7 +222,7 @@ def _train_stage(config: Config, out: Path, resuming: bool, start, log, extra_tr
 
     extra_train: samples added to the training ones (pseudo-labelled); save_config: write out/config.json."""
     if save_config:
-        config.save(out / "config.json")
+        write_json_atomic(out / CONFIG_FILE, config.to_dict())
     log(f"{'resuming' if resuming else 'run'}: {out}  classes: {', '.join(config.classes)}  "
         f"precision: {config.precision}")
     if config.augment.enabled and config.augment.flip and flip_for(config) is None:
@@ -416,7 +232,7 @@ def _train_stage(config: Config, out: Path, resuming: bool, start, log, extra_tr
     train_samples, val_samples = load_samples(config, log, bad)
     train_samples = train_samples + list(extra_train)
     report_skipped(out, bad, log)
-    write_json_atomic(out / "split.json", {"train": [s.stem for s in train_samples], "val": [s.stem for s in val_samples]})
+    write_json_atomic(out / SPLIT_FILE, {"train": [s.stem for s in train_samples], "val": [s.stem for s in val_samples]})
     items = None
     if config.crops.classes:
         items = crop_items(train_samples, config)
@@ -443,11 +259,10 @@ def _train_stage(config: Config, out: Path, resuming: bool, start, log, extra_tr
                 f"{c} {f:.4f}" for c, f in zip(config.outputs(), fractions)))
         train_ds = make_dataset(train_samples, config, training=True, items=items)
         val_ds = make_dataset(val_samples, config, training=False)
-        history_path = out / "history.csv"
+        history_path = out / HISTORY_FILE
         backup = out / BACKUP_DIR
         fit_done = resuming and (backup / FIT_DONE).exists()
-        repair_backup(backup)
-        previous = trim_history(history_path, backup_epoch(backup) if not fit_done else 10 ** 9) if resuming else []
+        previous = resume_history(out, history_path, resuming, fit_done)
         best = max((r.get("val_dice", -math.inf) for r in previous), default=-math.inf)
         if best != best:  # NaN
             best = -math.inf
@@ -459,10 +274,10 @@ def _train_stage(config: Config, out: Path, resuming: bool, start, log, extra_tr
         elapsed = time.time() - start
         history = read_history(history_path)
         if history:
-            plot_curves(history, out / "curves.png")
+            plot_curves(history, out / CURVES_FILE)
         if not (out / MODEL_FILE).exists():
             raise TrainingError(f"{out / MODEL_FILE}: no model was saved (the validation Dice was never finite)")
-        best_model = keras.saving.load_model(out / MODEL_FILE, safe_mode=True)
+        best_model = load_model(out / MODEL_FILE, compile=True)
         scores = best_model.evaluate(val_ds, verbose=0, return_dict=True)
     finally:
         keras.config.set_dtype_policy("float32")
@@ -475,7 +290,7 @@ def _train_stage(config: Config, out: Path, resuming: bool, start, log, extra_tr
         "epochs_run": len(history),
         "version": __version__,
     }
-    write_json_atomic(out / "metrics.json", result)
+    write_json_atomic(out / METRICS_FILE, result)
     shutil.rmtree(out / BACKUP_DIR, ignore_errors=True)
     per_class = ", ".join(f"{c} {v:.3f}" for c, v in result["val_dice_per_class"].items())
     log(f"validation Dice {result['val_dice']:.3f} ({per_class}); IoU {result['val_iou']:.3f}; "

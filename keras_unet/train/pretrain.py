@@ -4,174 +4,32 @@ self-supervised inpainting pretraining of the U-Net on unlabelled radiographs (-
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import shutil
 import time
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import layers, ops
+from keras import layers
 
-from keras_unet import __version__, images
-from keras_unet.config import Config, load_config
-from keras_unet.data import AUTOTUNE, augment_example, decode_gray, letterbox, normalize
-from keras_unet.errors import ConfigError, DataError, KerasUnetError, first_line
-from keras_unet.model import model_from_config
+from keras_unet.config import Config
+from keras_unet.data.pipeline import AUTOTUNE, augment_example, decode_gray, letterbox, normalize
+from keras_unet.errors import ConfigError, DataError, first_line
+from keras_unet.io import images
+from keras_unet.io.files import read_bytes, write_json_atomic
+from keras_unet.model.losses import ReconstructionLoss, blanked_mae
+from keras_unet.model.saving import (SourceWeights, differences, layer_weights, match, model_settings, read_source,
+                                     save_layer_weights, transfer)
+from keras_unet.model.unet import model_from_config
+from keras_unet.run_folder import BACKUP_DIR, CONFIG_FILE, PRETRAIN_DIR, PRETRAIN_HISTORY, PRETRAIN_WEIGHTS
+from keras_unet.train.fit import fit, resume_history
+from keras_unet.train.history import read_history
 
-PRETRAIN_DIR = "pretrain"  # inside the run directory
-WEIGHTS_FILE = "body.weights.npz"  # every pretrained layer but the reconstruction head, keyed by layer name
-HISTORY_FILE = "pretrain_history.csv"
 HEAD = "reconstruction"  # the pretraining network's output layer (never copied into a segmentation U-Net)
 REFERENCE_SIZE = 256  # pretrain.patch_size is in pixels at this input size
 SKIP_FOLDERS = ("masks",)  # subfolders of the pretraining folder that hold masks, not radiographs
-_FORMAT = "keras_unet.layer_weights/1"
-_SHAPE_SETTINGS = ("depth", "base_filters", "batch_norm", "upsampling")
-
-
-# -- weights by layer name -----------------------------------------------------------------------------
-
-
-@dataclass
-class SourceWeights:
-    """Weights to start from: {layer name: [arrays]}, the file they came from and its settings when known."""
-
-    path: Path
-    layers: dict
-    settings: dict | None = None
-
-
-def model_settings(config: Config, num_classes: int | None = None) -> dict:
-    """The settings that decide a U-Net's layer names and weight shapes."""
-    settings = {f"model.{name}": getattr(config.model, name) for name in _SHAPE_SETTINGS}
-    settings["classes"] = len(config.classes) if num_classes is None else num_classes
-    return settings
-
-
-def layer_weights(model: keras.Model) -> dict:
-    """{layer name: list of numpy arrays} for every layer that has weights."""
-    return {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in model.layers if layer.weights}
-
-
-def save_layer_weights(path, weights: dict, settings: dict) -> None:
-    """Write {layer name: arrays} as an .npz (key 'layer/index', plus '__meta__' JSON), atomically."""
-    path = Path(path)
-    arrays = {f"{name}/{i}": value for name, values in weights.items() for i, value in enumerate(values)}
-    meta = {"format": _FORMAT, "version": __version__, "settings": settings,
-            "layers": {name: len(values) for name, values in weights.items()}}
-    arrays["__meta__"] = np.array(json.dumps(meta))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
-
-
-def read_source(path) -> SourceWeights:
-    """Weights by layer name from a model.keras, a run folder, or a pretraining body.weights.npz (or its folder)."""
-    given = Path(path).expanduser()
-    what = f"give a model.keras, a run folder or a pretraining {WEIGHTS_FILE}"
-    if not given.exists():
-        raise ConfigError(f"{given}: init weights not found ({what})")
-    file = given
-    if given.is_dir():
-        candidates = (given / "model.keras", given / WEIGHTS_FILE, given / PRETRAIN_DIR / WEIGHTS_FILE)
-        file = next((c for c in candidates if c.is_file()), None)
-        if file is None:
-            raise ConfigError(f"{given}: folder holds no model.keras or {WEIGHTS_FILE} to start from ({what})")
-    if file.suffix == ".keras":
-        weights, settings = _read_keras(file), None
-    elif file.suffix == ".npz":
-        weights, settings = _read_npz(file)
-        beside = _settings_beside(file)  # a pretraining file has no output layer: its class count says nothing
-        return SourceWeights(file, weights, {k: v for k, v in (beside or settings or {}).items() if k != "classes"})
-    else:
-        raise ConfigError(f"{file}: cannot start from this kind of file ({what})")
-    return SourceWeights(file, weights, _settings_beside(file) or settings)
-
-
-def _read_keras(file: Path) -> dict:
-    try:
-        model = keras.saving.load_model(file, compile=False, safe_mode=True)
-    except Exception as exc:  # a zip, JSON or h5 problem, or an unknown layer: all mean "cannot use this file"
-        raise DataError(file, f"cannot read the model ({first_line(exc)[:200]})") from None
-    return layer_weights(model)
-
-
-def _read_npz(file: Path) -> tuple[dict, dict | None]:
-    try:
-        with np.load(file, allow_pickle=False) as data:
-            if "__meta__" not in data.files:
-                raise DataError(file, f"not a keras_unet weights file (no __meta__ entry); {WEIGHTS_FILE} is "
-                                      "written by --pretrain")
-            meta = json.loads(str(data["__meta__"]))
-            weights = {name: [data[f"{name}/{i}"] for i in range(count)] for name, count in meta["layers"].items()}
-    except DataError:
-        raise
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(file, f"cannot read the weights file ({first_line(exc)[:200]})") from None
-    return weights, meta.get("settings")
-
-
-def _settings_beside(file: Path) -> dict | None:
-    saved = file.parent / "config.json"
-    if not saved.is_file():
-        return None
-    try:
-        return model_settings(load_config(saved))
-    except KerasUnetError:
-        return None
-
-
-def match(model: keras.Model, source: SourceWeights) -> tuple[list, list]:
-    """(layers whose name and weight shapes match the source, [(layer, reason)] for the others)."""
-    copied, missed = [], []
-    for layer in model.layers:
-        if not layer.weights:
-            continue
-        values = source.layers.get(layer.name)
-        if values is None:
-            missed.append((layer.name, "not in the file"))
-        elif len(values) != len(layer.weights) or any(
-                tuple(v.shape) != tuple(w.shape) for v, w in zip(values, layer.weights)):
-            missed.append((layer.name, "weight shapes differ"))
-        else:
-            copied.append(layer.name)
-    return copied, missed
-
-
-def differences(here: dict, there: dict | None) -> list[str]:
-    """'setting A here, B in the file' for each shape-deciding setting that differs."""
-    if not there:
-        return []
-    return [f"{key} {here[key]} here, {there[key]} in the file" for key in here
-            if key in there and there[key] != here[key]]
-
-
-def transfer(model: keras.Model, source: SourceWeights, here: dict, log=print, what: str = "init weights") -> list:
-    """Copy every layer whose name and weight shapes match; raise ConfigError when none does; log one line."""
-    copied, missed = match(model, source)
-    diff = differences(here, source.settings)
-    if not copied:
-        detail = f"; settings differ: {', '.join(diff)}" if diff else ""
-        raise ConfigError(f"{source.path}: shares no layer (same name and weight shapes) with this model{detail}")
-    by_name = {layer.name: layer for layer in model.layers}
-    for name in copied:
-        layer = by_name[name]
-        layer.set_weights([np.asarray(v, dtype=w.dtype) for v, w in zip(source.layers[name], layer.weights)])
-    if missed:
-        shown = ", ".join(f"{n} ({why})" for n, why in missed[:6])
-        rest = f" and {len(missed) - 6} more" if len(missed) > 6 else ""
-        left = f"; not copied (left at their initialisation): {shown}{rest}"
-    else:
-        left = "; every layer copied"
-    note = f"; settings differ: {', '.join(diff)}" if diff and missed else ""
-    log(f"{what}: copied {len(copied)} of {len(copied) + len(missed)} layers from {source.path}{left}{note}")
-    return copied
 
 
 # -- the starting point of a training run (called by training.train) ----------------------------------
@@ -217,14 +75,7 @@ def list_unlabelled(folder, flag: str = "--pretrain") -> list[Path]:
     if not folder.is_dir():
         raise ConfigError(f"{folder}: {flag} folder not found" if not folder.exists()
                           else f"{folder}: {flag} takes a folder of images, not a file")
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIP_FOLDERS)
-        found += [Path(root) / name for name in files if images.is_image_file(Path(root) / name)]
-    if not found:
-        raise DataError(folder, f"no image files ({', '.join(images.IMAGE_SUFFIXES)}, or DICOM) for {flag} "
-                                "in this folder or its subfolders")
-    return sorted(found)
+    return images.list_images(folder, recursive=True, skip=SKIP_FOLDERS, purpose=flag)
 
 
 def _as_16bit_scale(array: np.ndarray) -> np.ndarray:
@@ -233,16 +84,12 @@ def _as_16bit_scale(array: np.ndarray) -> np.ndarray:
         return array.astype(np.float32) * 257.0
     if array.dtype == np.uint16:
         return array.astype(np.float32)
-    finite = np.isfinite(array)  # float TIFF: min..max to 0..65535, as the masks cache does
-    if not finite.any():
-        return np.zeros(array.shape, np.float32)
-    low, high = float(array[finite].min()), float(array[finite].max())
-    return np.round((np.where(finite, array, low) - low) / ((high - low) or 1.0) * 65535).astype(np.float32)
+    return images.float_to_uint16(array).astype(np.float32)  # float TIFF: min..max to 0..65535, as the cache does
 
 
 def load_image(path, config: Config) -> np.ndarray:
     """One image at network size, (S, S, 1) float32 in [0, 1]: training's decoding, normalisation and letterbox."""
-    data = images.read_bytes(path)
+    data = read_bytes(path)
     if images.is_gray_png(data):
         try:
             raw = decode_gray(str(path))  # exactly what training reads for a grayscale PNG
@@ -340,32 +187,6 @@ def pretrain_dataset(array: np.ndarray, config: Config) -> tf.data.Dataset:
     return ds.batch(config.pretrain.batch_size).with_options(options).prefetch(AUTOTUNE)
 
 
-class ReconstructionLoss(keras.losses.Loss):
-    """Per image, L1 or squared error: weight 1 on blanked pixels, outside_weight elsewhere (y_true: [clean, mask])."""
-
-    def __init__(self, kind: str = "l1", outside_weight: float = 0.1, name: str = "reconstruction_loss", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.kind, self.outside_weight = kind, outside_weight
-
-    def call(self, y_true, y_pred):
-        y_true, y_pred = ops.cast(y_true, "float32"), ops.cast(y_pred, "float32")
-        target, mask = y_true[..., :1], y_true[..., 1:2]
-        error = ops.abs(y_pred - target) if self.kind == "l1" else ops.square(y_pred - target)
-        weight = mask + self.outside_weight * (1.0 - mask)
-        return ops.sum(weight * error, axis=(1, 2, 3)) / ops.maximum(ops.sum(weight, axis=(1, 2, 3)), 1e-6)
-
-    def get_config(self):
-        return {**super().get_config(), "kind": self.kind, "outside_weight": self.outside_weight}
-
-
-def blanked_mae(y_true, y_pred):
-    """Mean absolute error over the blanked pixels only, per image (the same yardstick for either loss)."""
-    y_true, y_pred = ops.cast(y_true, "float32"), ops.cast(y_pred, "float32")
-    mask = y_true[..., 1:2]
-    error = mask * ops.abs(y_pred - y_true[..., :1])
-    return ops.sum(error, axis=(1, 2, 3)) / ops.maximum(ops.sum(mask, axis=(1, 2, 3)), 1.0)
-
-
 def pretrain_model(config: Config) -> keras.Model:
     """The segmentation U-Net's body (identical layer names) with a 1-channel linear reconstruction head."""
     body = model_from_config(config, num_classes=1)
@@ -376,11 +197,8 @@ def pretrain_model(config: Config) -> keras.Model:
 
 def run_pretraining(config: Config, out, strategy=None, source: SourceWeights | None = None, log=print) -> Path:
     """Pretrain on config.pretrain_data into RUN/pretrain/ (weights, history, config); reuse a finished one."""
-    from keras_unet.training import (SafeBackup, StopOnNaN, TrainingError, backup_epoch, read_history,
-                                     repair_backup, trim_history)
-
     folder = Path(out) / PRETRAIN_DIR
-    weights_path = folder / WEIGHTS_FILE
+    weights_path = folder / PRETRAIN_WEIGHTS
     if weights_path.is_file():
         log(f"pretraining: finished earlier, reusing {weights_path}")
         return weights_path
@@ -403,26 +221,16 @@ def run_pretraining(config: Config, out, strategy=None, source: SourceWeights | 
                                                           alpha=0.05)
         model.compile(optimizer=keras.optimizers.Adam(schedule), loss=ReconstructionLoss(p.loss, p.outside_weight),
                       metrics=[blanked_mae], jit_compile=config.jit_compile)
-    history, backup = folder / HISTORY_FILE, folder / "backup"
-    resuming = backup.exists()
-    if resuming:
-        repair_backup(backup)
-        trim_history(history, backup_epoch(backup))
-    else:
-        history.unlink(missing_ok=True)
-    nan_guard = StopOnNaN()
-    callbacks = [keras.callbacks.CSVLogger(str(history), append=resuming and history.exists()), nan_guard,
-                 SafeBackup(backup)]
+    history = folder / PRETRAIN_HISTORY
+    resuming = (folder / BACKUP_DIR).exists()
+    resume_history(folder, history, resuming)
     started = time.time()
-    model.fit(pretrain_dataset(array, config), epochs=p.epochs, callbacks=callbacks, verbose=2,
-              shuffle=False)  # the dataset shuffles itself
-    if nan_guard.failed_at is not None:
-        raise TrainingError(f"{folder}: the pretraining loss became NaN/infinite (batch {nan_guard.failed_at}); "
-                            f"lower pretrain.learning_rate ({p.learning_rate})")
+    fit(model, pretrain_dataset(array, config), p.epochs, folder, history, resuming and history.exists(),
+        what="pretraining loss", advice=f"lower pretrain.learning_rate ({p.learning_rate})")
     body = {name: values for name, values in layer_weights(model).items() if name != HEAD}
-    config.save(folder / "config.json")
+    write_json_atomic(folder / CONFIG_FILE, config.to_dict())
     save_layer_weights(weights_path, body, {k: v for k, v in model_settings(config).items() if k != "classes"})
-    shutil.rmtree(backup, ignore_errors=True)
+    shutil.rmtree(folder / BACKUP_DIR, ignore_errors=True)
     rows = read_history(history)
     if rows:
         log(f"pretraining: loss {rows[0]['loss']:.4f} -> {rows[-1]['loss']:.4f}, blanked-pixel error "

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import io
 import math
-import re
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from keras_unet.errors import DataError
+from keras_unet.errors import DataError, last_line
 
 SUFFIXES = (".dcm", ".dicom")
 MAGIC_OFFSET = 128  # the preamble's length: "DICM" follows it
@@ -68,7 +67,7 @@ def parse(data: bytes, source, pixels: bool = True):
         return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
 
 
-def image_size(dataset, source) -> tuple[int, int]:
+def image_dimensions(dataset, source) -> tuple[int, int]:
     """(height, width) of a single-frame grayscale DICOM dataset, refusing colour and multi-frame images."""
     with _reading(source):
         _check_grayscale(dataset, source)
@@ -80,7 +79,7 @@ def image_size(dataset, source) -> tuple[int, int]:
 
 def decode(dataset, source) -> np.ndarray:
     """The display-ready uint16 (H, W) image of a DICOM dataset: Modality LUT, VOI LUT, MONOCHROME1 inverted."""
-    image_size(dataset, source)
+    image_dimensions(dataset, source)
     with _reading(source):
         unit = voi_unit(modality_values(dataset, source), dataset, source)
         if str(dataset.PhotometricInterpretation).strip() == "MONOCHROME1":
@@ -97,7 +96,7 @@ def stored_values(dataset, source) -> np.ndarray:
     try:
         pixels = dataset.pixel_array
     except Exception as error:  # decoders and plugins raise many types
-        raise DataError(source, f"{_syntax_name(syntax)} pixel data cannot be decoded ({_last_line(error)})") from None
+        raise DataError(source, f"{_syntax_name(syntax)} pixel data cannot be decoded ({last_line(error)})") from None
     if pixels.ndim != 2:
         raise DataError(source, f"DICOM pixel data has shape {pixels.shape}; expected one 2-D grayscale frame")
     return pixels
@@ -111,7 +110,7 @@ def modality_values(dataset, source) -> np.ndarray:
     try:
         return np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float64)
     except Exception as error:
-        raise DataError(source, f"cannot apply the DICOM Modality LUT ({_last_line(error)})") from None
+        raise DataError(source, f"cannot apply the DICOM Modality LUT ({last_line(error)})") from None
 
 
 def voi_unit(values: np.ndarray, dataset, source) -> np.ndarray:
@@ -194,7 +193,7 @@ def _reading(source, what: str = "read the DICOM file"):
     except DataError:
         raise
     except Exception as error:
-        raise DataError(source, f"cannot {what} ({_last_line(error)})") from None
+        raise DataError(source, f"cannot {what} ({last_line(error)})") from None
 
 
 def _check_grayscale(dataset, source) -> None:
@@ -257,7 +256,7 @@ def _voi_lut_sequence(values: np.ndarray, dataset, source) -> np.ndarray:
         indices = np.clip(np.round(values), first, first + entries - 1).astype(np.int64)
         out = apply_voi(indices, dataset)
     except Exception as error:
-        raise DataError(source, f"cannot apply the DICOM VOI LUT Sequence ({_last_line(error)})") from None
+        raise DataError(source, f"cannot apply the DICOM VOI LUT Sequence ({last_line(error)})") from None
     return np.asarray(out, dtype=np.float64) / float(2**bits - 1)
 
 
@@ -292,8 +291,3 @@ def _sop_class(dataset) -> str:
         return "no PixelData element"
     name = getattr(uid, "name", str(uid))
     return f"no PixelData element; SOP class {name}"
-
-
-def _last_line(error) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", lines[-1]) if lines else type(error).__name__

@@ -7,23 +7,12 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from keras_unet import images
-from keras_unet.config import flip_permutation
-from keras_unet.crops import structure_box
+from keras_unet.classes import flip_permutation
+from keras_unet.imaging.crops import structure_box
+from keras_unet.io import images
 
 AUTOTUNE = tf.data.AUTOTUNE
 
-
-def split_samples(samples, val_fraction: float, seed: int):
-    """Deterministic (train, val) split of a sample list: a seeded shuffle, at least one image on each side."""
-    samples = sorted(samples, key=lambda s: s.stem)
-    if len(samples) < 2:
-        return samples, samples
-    order = np.random.default_rng(seed).permutation(len(samples))
-    n_val = min(len(samples) - 1, max(1, int(round(len(samples) * val_fraction))))
-    val = sorted((samples[i] for i in order[:n_val]), key=lambda s: s.stem)
-    train = sorted((samples[i] for i in order[n_val:]), key=lambda s: s.stem)
-    return train, val
 
 
 def decode_gray(path):

@@ -1,10 +1,12 @@
-"""Shared command-line plumbing: one-line errors for the project's own error types."""
+"""Shared command-line plumbing: one-line errors for the project's own error types, the inference options."""
 
 from __future__ import annotations
 
 import sys
 
 from keras_unet.errors import KerasUnetError
+from keras_unet.infer.load import load_predictor
+from keras_unet.infer.predictor import postprocess_settings
 
 
 def run_main(main, argv=None) -> int:
@@ -36,8 +38,6 @@ def add_inference_options(parser) -> None:
 
 def load_for_inference(args):
     """(predictor, post-processing settings) for parsed inference options."""
-    from keras_unet.inference import load_predictor, postprocess_settings
-
     predictor = load_predictor(args.model, refine=not args.no_refine)
     settings = postprocess_settings(predictor.config.postprocess, enabled=not args.no_postprocess,
                                     tta=not args.no_tta, threshold=args.threshold)

@@ -79,6 +79,11 @@ def _overlap(tp: int, fp: int, fn: int) -> dict:
     }
 
 
+def dice_from_counts(tp: int, fp: int, fn: int) -> float:
+    """Dice 2tp / (2tp + fp + fn) from pixel counts: 1.0 when both masks are empty."""
+    return _overlap(tp, fp, fn)["dice"]
+
+
 def dice(pred, truth) -> float:
     """Dice coefficient 2|P&T|/(|P|+|T|): 1.0 when both masks are empty, 0.0 when exactly one is."""
     return _overlap(*confusion(pred, truth)[:3])["dice"]
@@ -239,3 +244,10 @@ def summarize(rows, classes) -> dict:
             entry[metric] = _statistics([row.get(metric) for row in mine], images, metric in _LOWER_IS_BETTER)
         summary[name] = entry
     return summary
+
+
+def soft_dice(a, b) -> float:
+    """Soft Dice of two probability maps, 2 sum(a b) / (sum(a^2) + sum(b^2)); 1 when both are all zero."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    denominator = float((a * a).sum() + (b * b).sum())
+    return 1.0 if denominator == 0.0 else float(2.0 * (a * b).sum() / denominator)

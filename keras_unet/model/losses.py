@@ -176,3 +176,31 @@ def segmentation_metrics(classes) -> list:
     if n > 1:
         metrics += [DiceScore(n, class_index=i, name=f"dice_{c}") for i, c in enumerate(classes)]
     return metrics
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ReconstructionLoss(keras.losses.Loss):
+    """Per image, L1 or squared error: weight 1 on blanked pixels, outside_weight elsewhere (y_true: [clean, mask])."""
+
+    def __init__(self, kind: str = "l1", outside_weight: float = 0.1, name: str = "reconstruction_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.kind, self.outside_weight = kind, outside_weight
+
+    def call(self, y_true, y_pred):
+        y_true, y_pred = ops.cast(y_true, "float32"), ops.cast(y_pred, "float32")
+        target, mask = y_true[..., :1], y_true[..., 1:2]
+        error = ops.abs(y_pred - target) if self.kind == "l1" else ops.square(y_pred - target)
+        weight = mask + self.outside_weight * (1.0 - mask)
+        return ops.sum(weight * error, axis=(1, 2, 3)) / ops.maximum(ops.sum(weight, axis=(1, 2, 3)), 1e-6)
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind, "outside_weight": self.outside_weight}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+def blanked_mae(y_true, y_pred):
+    """Mean absolute error over the blanked pixels only, per image (the same yardstick for either loss)."""
+    y_true, y_pred = ops.cast(y_true, "float32"), ops.cast(y_pred, "float32")
+    mask = y_true[..., 1:2]
+    error = mask * ops.abs(y_pred - y_true[..., :1])
+    return ops.sum(error, axis=(1, 2, 3)) / ops.maximum(ops.sum(mask, axis=(1, 2, 3)), 1.0)

@@ -1,8 +1,8 @@
 """Self-training: a teacher model's cleaned masks for unlabelled images, written as an image + masks/ folder.
 
 The folder (RUN/pseudo) holds a byte-for-byte copy of each unlabelled image in images/ and the teacher's masks in
-masks/<class>/<stem>.png, the layout `masks.prepare_samples` reads, so pseudo-labelled images enter training
-exactly as hand-labelled ones do. numpy and OpenCV only; the teacher is any `segmenter.Predictor`.
+masks/<class>/<stem>.png, the layout `data.samples.prepare_samples` reads, so pseudo-labelled images enter training
+exactly as hand-labelled ones do. numpy and OpenCV only; the teacher is any `infer.predictor.Predictor`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_unet import images
 from keras_unet.errors import DataError
+from keras_unet.io import images
+from keras_unet.io.files import read_bytes, write_bytes_atomic, write_json_atomic
 
 DONE_FILE = "finished.txt"  # JSON inside; not .json, which would pass for a Labelme file
 
@@ -48,7 +49,7 @@ def pseudo_label(predictor, paths, root, folder, log=print) -> dict:
             continue
         stems[stem] = path
         try:
-            data = images.read_bytes(path)
+            data = read_bytes(path)
             image = images.decode_image(data, path)
         except DataError as error:
             skipped.append(str(path))
@@ -57,8 +58,8 @@ def pseudo_label(predictor, paths, root, folder, log=print) -> dict:
         _, masks = predictor.segment(image)
         for c, cls in enumerate(predictor.classes):
             images.write_png(folder / "masks" / cls / f"{stem}.png", masks[..., c] * np.uint8(255))
-        images.write_bytes_atomic(folder / "images" / name, data)  # last: an image in images/ has all its masks
+        write_bytes_atomic(folder / "images" / name, data)  # last: an image in images/ has all its masks
         written += 1
     summary = {"images": written, "skipped": skipped, "teacher": predictor.source}
-    images.write_bytes_atomic(folder / DONE_FILE, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+    write_json_atomic(folder / DONE_FILE, summary)
     return summary

@@ -28,9 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_unet import images
 from keras_unet.config import PostprocessConfig
 from keras_unet.errors import ConfigError, DataError, KerasUnetError
+from keras_unet.imaging.metrics import soft_dice
+from keras_unet.infer.predict import labelme_prediction
+from keras_unet.io import images
+from keras_unet.io.files import prepare_out_dir, write_bytes_atomic
+from keras_unet.io.labelme import write_labelme
+from keras_unet.progress import Progress
 
 REGION_THRESHOLD = 0.5  # a pixel belongs to a predicted structure when a pass puts it strictly above this
 DILATE_RADIUS = 2  # pixels at the network's input resolution: the region also takes in the outline's margin
@@ -58,13 +63,6 @@ def binary_entropy(p) -> np.ndarray:
     q = p[inside]
     out[inside] = -(q * np.log2(q) + (1.0 - q) * np.log2(1.0 - q))
     return out
-
-
-def soft_dice(a, b) -> float:
-    """Soft Dice of two probability maps, 2 sum(a b) / (sum(a^2) + sum(b^2)); 1 when both are all zero."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    denominator = float((a * a).sum() + (b * b).sum())
-    return 1.0 if denominator == 0.0 else float(2.0 * (a * b).sum() / denominator)
 
 
 def disk(radius: int) -> np.ndarray:
@@ -193,11 +191,8 @@ def write_ranking(ranked, out, predictor, settings: PostprocessConfig | None = N
 
     The pre-annotations are the post-processed predicted polygons, as `predict.py --labelme` writes them, with
     imagePath relative to out/ and pointing at the original image. Existing files of those names are replaced
-    (check the folder first with inference.prepare_out_dir). Returns the paths of the JSON files written.
+    (check the folder first with io.files.prepare_out_dir). Returns the paths of the JSON files written.
     """
-    from keras_unet.annotations import write_labelme
-    from keras_unet.inference import labelme_prediction
-
     settings = predictor.config.postprocess if settings is None else settings
     ranked = sort_ranked(ranked)
     chosen = ranked[:max(0, int(top))]
@@ -209,7 +204,7 @@ def write_ranking(ranked, out, predictor, settings: PostprocessConfig | None = N
         stems[item.path.stem] = item.path
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    images.write_bytes_atomic(out / RANKING_FILE, ranking_csv(ranked, predictor.classes).encode("utf-8"))
+    write_bytes_atomic(out / RANKING_FILE, ranking_csv(ranked, predictor.classes).encode("utf-8"))
     written = []
     for item in chosen:
         _, masks = predictor.segment(images.read_image(item.path), settings)
@@ -222,12 +217,10 @@ def write_ranking(ranked, out, predictor, settings: PostprocessConfig | None = N
 def rank_folder(predictor, source, out, settings: PostprocessConfig | None = None, top: int = DEFAULT_TOP,
                 overwrite: bool = False, log=print, progress: bool = True) -> dict:
     """Rank an image folder's unannotated images, write ranking.csv and the top images' pre-annotations, print them."""
-    from keras_unet.inference import Progress, list_images, prepare_out_dir
-
     if top < 0:
         raise ConfigError(f"--top must be 0 or more, got {top}")
     settings = predictor.config.postprocess if settings is None else settings
-    todo, annotated = split_annotated(list_images(source))
+    todo, annotated = split_annotated(images.list_images(source))
     out = prepare_out_dir(out, overwrite)
     failed, stems, unique = [], {}, []
     for path in todo:

@@ -13,12 +13,13 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import cv2
 import numpy as np
 
-from keras_unet import images
-from keras_unet.errors import ConfigError, DataError
+from keras_unet.classes import IGNORED_LABELS
+from keras_unet.errors import DataError
+from keras_unet.io import images
+from keras_unet.io.files import is_file, is_inside, read_bytes, write_bytes_atomic
 
 LABELME_VERSION = "5.4.1"
 SHAPE_TYPES = ("polygon", "rectangle", "circle", "line", "linestrip", "point", "points", "mask")
-IGNORED_LABELS = ("__ignore__", "_background_")  # labelme's labels.txt conventions, never classes
 MAX_COORDINATE = 1e9  # pixels; points farther out are refused rather than drawn
 MIN_POINTS = {"polygon": 3, "rectangle": 2, "circle": 2, "line": 2, "linestrip": 2, "point": 1, "points": 1, "mask": 2}
 
@@ -72,12 +73,12 @@ def read_labelme(json_path, data_dir=None) -> Annotation:
     height, width = _declared_size(document, json_path)
     if height is None:
         if image_data is not None:
-            height, width = images.image_size(image_data, json_path)
+            height, width = images.image_dimensions(image_data, json_path)
         else:
-            height, width = images.image_size(images.read_bytes(image_path), image_path)
+            height, width = images.image_dimensions(read_bytes(image_path), image_path)
     outside = False
     if data_dir is not None and image_data is None and image_path is not None:
-        outside = not _is_inside(image_path, Path(data_dir))
+        outside = not is_inside(image_path, Path(data_dir))
     version = document.get("version")
     return Annotation(
         json_path=json_path,
@@ -107,9 +108,9 @@ def load_image(annotation: Annotation) -> np.ndarray:
 def check_image_size(annotation: Annotation) -> None:
     """Raise DataError when the image's header size differs from the annotation's, without decoding."""
     if annotation.image_data is not None:
-        height, width = images.image_size(annotation.image_data, annotation.json_path)
+        height, width = images.image_dimensions(annotation.image_data, annotation.json_path)
     elif annotation.image_path is not None:
-        height, width = images.image_size(images.read_bytes(annotation.image_path), annotation.image_path)
+        height, width = images.image_dimensions(read_bytes(annotation.image_path), annotation.image_path)
     else:
         raise DataError(annotation.json_path, "has neither imageData nor imagePath: cannot find its image")
     _check_size(annotation, height, width)
@@ -118,68 +119,17 @@ def check_image_size(annotation: Annotation) -> None:
 def find_annotations(data_dir) -> list[Path]:
     """Sorted Labelme JSON files under a folder, recursively, skipping hidden folders and `masks` folders."""
     data_dir = Path(data_dir)
-    found = _walk_json(data_dir)
+    found = walk_json(data_dir)
     if not found:
         raise DataError(data_dir, "no Labelme .json files found in this folder or its subfolders")
     return found
 
 
-def read_class_list(path) -> list[str]:
-    """Class names from a labels.txt: one per line, without blanks, # comments, __ignore__ and _background_."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(path, "file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(path, f"cannot read the class list ({error})") from None
-    classes: list[str] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        name = line.strip()
-        if not name or name.startswith("#") or name in IGNORED_LABELS:
-            continue
-        if name in classes:
-            raise DataError(path, f"line {number}: class {name!r} is listed twice")
-        classes.append(name)
-    if not classes:
-        raise DataError(path, "lists no classes")
-    return classes
 
 
-def resolve_classes(classes, data_dir) -> list[str]:
-    """The class list: given explicitly (list or 'a,b'), else data_dir/labels.txt, else every label found."""
-    if isinstance(classes, str):
-        classes = classes.split(",")
-    explicit = [str(name).strip() for name in classes or () if str(name).strip()]
-    if explicit:
-        repeated = sorted({name for name in explicit if explicit.count(name) > 1})
-        if repeated:
-            raise ConfigError(f"classes repeat a name: {', '.join(repeated)}")
-        return explicit
-    data_dir = Path(data_dir)
-    labels_txt = data_dir / "labels.txt"
-    if labels_txt.is_file():
-        return read_class_list(labels_txt)
-    if not data_dir.is_dir():
-        raise DataError(data_dir, "folder not found")
-    json_files = _walk_json(data_dir)
-    if json_files:
-        found, errors = _labels_found(json_files)
-        if not found and errors:
-            raise errors[0]
-        if not found:
-            raise DataError(data_dir, "the annotations hold no labelled shapes: cannot infer the classes")
-        return sorted(found)
-    masks = data_dir / "masks"
-    if masks.is_dir():
-        found = sorted(p.name for p in masks.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if found:
-            return found
-    raise DataError(data_dir, "no labels.txt, no Labelme .json files and no masks/<class>/ folders: no classes")
-
-
-def labelme_document(shapes, image_path: str, height: int, width: int, image_data: bytes | None = None) -> dict:
-    """A Labelme 5 JSON document (a dict) holding shapes, e.g. predicted polygons, for an image."""
+def labelme_document(shapes, image_path: str, height: int, width: int, image_data: bytes | None = None,
+                     digits: int | None = None) -> dict:
+    """A Labelme 5 JSON document (a dict) holding shapes, e.g. predicted polygons, for an image (digits: rounding)."""
     out = []
     for shape in shapes:
         if isinstance(shape, Shape):
@@ -193,7 +143,7 @@ def labelme_document(shapes, image_path: str, height: int, width: int, image_dat
         out.append(
             {
                 "label": str(label),
-                "points": [[float(x), float(y)] for x, y in points],
+                "points": [[_coordinate(x, digits), _coordinate(y, digits)] for x, y in points],
                 "group_id": None if group_id is None else int(group_id),
                 "description": "",
                 "shape_type": shape_type,
@@ -212,17 +162,21 @@ def labelme_document(shapes, image_path: str, height: int, width: int, image_dat
     }
 
 
+def _coordinate(value, digits: int | None) -> float:
+    return float(value) if digits is None else round(float(value), digits)
+
+
 def write_labelme(path, document: dict) -> None:
     """Write a Labelme JSON document atomically (UTF-8, indented as Labelme does)."""
     text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)
-    images.write_bytes_atomic(path, (text + "\n").encode("utf-8"), durable=True)
+    write_bytes_atomic(path, (text + "\n").encode("utf-8"), durable=True)
 
 
 # -- parsing helpers ---------------------------------------------------------------------------------
 
 
 def _load_json(json_path: Path) -> dict:
-    raw = images.read_bytes(json_path)
+    raw = read_bytes(json_path)
     try:
         document = json.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError:
@@ -234,7 +188,7 @@ def _load_json(json_path: Path) -> dict:
     return document
 
 
-def _labels_found(json_files) -> tuple[set, list]:
+def labels_found(json_files) -> tuple[set, list]:
     """Class labels of every readable file, and the DataErrors of the others (reported later, file by file)."""
     found, errors = set(), []
     for path in json_files:
@@ -280,9 +234,9 @@ def _image_path(document: dict, json_path: Path, warnings: list[str], need_file:
     else:
         candidate = folder / value if not PurePosixPath(value).is_absolute() else Path(value)
         name = PurePosixPath(value).name
-    if need_file and not _is_file(candidate):
+    if need_file and not is_file(candidate):
         beside = folder / name
-        if name and _is_file(beside):
+        if name and is_file(beside):
             warnings.append(f"{json_path}: imagePath {value!r} not found; using {name} beside the JSON")
             return beside
     return candidate
@@ -384,7 +338,7 @@ def _check_size(annotation: Annotation, height: int, width: int) -> None:
         )
 
 
-def _walk_json(data_dir: Path) -> list[Path]:
+def walk_json(data_dir: Path) -> list[Path]:
     if not data_dir.exists():
         raise DataError(data_dir, "folder not found")
     if not data_dir.is_dir():
@@ -396,15 +350,4 @@ def _walk_json(data_dir: Path) -> list[Path]:
     return sorted(found, key=lambda path: path.relative_to(data_dir).as_posix())
 
 
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except (OSError, ValueError):  # a name too long, a NUL byte: read_bytes reports it
-        return False
 
-
-def _is_inside(path: Path, folder: Path) -> bool:
-    try:
-        return Path(os.path.abspath(path)).is_relative_to(Path(os.path.abspath(folder)))
-    except (OSError, ValueError):
-        return False

@@ -17,30 +17,25 @@ import json
 import math
 import shutil
 from pathlib import Path
-from urllib.parse import quote
 
-import cv2
 import numpy as np
 
-from keras_unet import images
+from keras_unet.classes import parse_classes
+from keras_unet.data.samples import prepare_samples
 from keras_unet.errors import ConfigError
-from keras_unet.inference import Predictor, Progress, prepare_out_dir
-from keras_unet.masks import prepare_samples
-from keras_unet.metrics import OVERLAP_METRICS, confusion, score_masks, summarize
-from keras_unet.postprocess import clean_masks, count_components, stray_components
+from keras_unet.imaging.metrics import OVERLAP_METRICS, confusion, dice_from_counts, score_masks, summarize
+from keras_unet.imaging.overlay import draw_overlay, save_rgb
+from keras_unet.imaging.postprocess import clean_masks, count_components, stray_components
+from keras_unet.infer.predictor import Predictor
+from keras_unet.io import images
+from keras_unet.io.files import prepare_out_dir
+from keras_unet.progress import Progress
+from keras_unet.evaluate.report import (OVERLAY_DIR, format_sweep, format_table, write_contact_sheet,
+                                        write_report, write_sweep)
 
 SWEEP_THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(1, 10))
-WORST_SHOWN = 5
-SHEET_MAX_TILES = 64
 OUTPUT_FILES = ("metrics.csv", "summary.json", "report.md", "sweep.csv", "contact_sheet.png")
-OVERLAY_DIR = "overlays"
 CSV_METRICS = OVERLAP_METRICS + ("hd95", "assd", "hd95_mm", "assd_mm")
-
-
-def _dice(tp: int, fp: int, fn: int) -> float:
-    """Dice from pixel counts, 1.0 when both masks are empty (as in keras_unet.metrics)."""
-    total = 2 * tp + fp + fn
-    return 1.0 if total == 0 else 2 * tp / total
 
 
 def parse_spacing(text) -> tuple[float, float] | None:
@@ -77,8 +72,7 @@ def spacing_setting(override, spacings) -> tuple[list | str | None, str | None]:
 
 def select_classes(predictor: Predictor, classes) -> list[str]:
     """The classes to score: all the model's, or the named subset of them."""
-    if isinstance(classes, str):
-        classes = [c.strip() for c in classes.split(",") if c.strip()]
+    classes = parse_classes(classes)
     if not classes:
         return list(predictor.classes)
     unknown = [c for c in classes if c not in predictor.classes]
@@ -118,7 +112,7 @@ class Sweep:
             for c in range(len(self.classes)):
                 tp, fp, fn, _ = confusion(masks[..., c], truth[..., c])
                 self.tallies[i, c] += (tp, fp, fn)
-                self.dice_sum[i, c] += _dice(tp, fp, fn)
+                self.dice_sum[i, c] += dice_from_counts(tp, fp, fn)
         self.images += 1
 
     def rows(self) -> list[dict]:
@@ -128,7 +122,7 @@ class Sweep:
             for c, name in enumerate(self.classes):
                 tp, fp, fn = (int(v) for v in self.tallies[i, c])
                 rows.append({"threshold": t, "class": name, "mean_dice": self.dice_sum[i, c] / max(self.images, 1),
-                             "pooled_dice": _dice(tp, fp, fn), "tp": tp, "fp": fp, "fn": fn})
+                             "pooled_dice": dice_from_counts(tp, fp, fn), "tp": tp, "fp": fp, "fn": fn})
         return rows
 
     def best(self) -> dict:
@@ -179,8 +173,7 @@ def evaluate(predictor: Predictor, data_dir, out, settings=None, spacing=None, s
             rows.extend(image_rows)
             if tally:
                 tally.add(probs, truth, predictor.classes, channels, settings)
-            picture = _overlay(image, masks, truth, classes, sample.stem)
-            _save(out / OVERLAY_DIR / f"{sample.stem}.png", picture)
+            save_rgb(out / OVERLAY_DIR / f"{sample.stem}.png", draw_overlay(image, masks, truth, classes, title=sample.stem))
             if bar:
                 bar.step()
     if bar:
@@ -209,26 +202,6 @@ def csv_writer(handle, with_mm: bool) -> csv.DictWriter:
     return writer
 
 
-def _overlay(image, masks, truth, classes, stem) -> np.ndarray:
-    from keras_unet.overlay import draw_overlay
-
-    return draw_overlay(image, masks, truth, classes, title=stem)
-
-
-def _save(path, rgb) -> None:
-    from keras_unet.overlay import save_rgb
-
-    save_rgb(path, rgb)
-
-
-def image_scores(rows) -> dict:
-    """Mean Dice over classes per image, in the order images were met."""
-    sums: dict = {}
-    for row in rows:
-        total, n = sums.get(row["image"], (0.0, 0))
-        sums[row["image"]] = (total + row["dice"], n + 1)
-    return {image: total / n for image, (total, n) in sums.items()}
-
 
 def build_summary(rows, classes, predictor, data_dir, settings, spacing, count) -> dict:
     """summary.json content: statistics per class, settings used (spacing: spacing_setting's pair), stray components."""
@@ -254,15 +227,6 @@ def build_summary(rows, classes, predictor, data_dir, settings, spacing, count) 
     }
 
 
-def _spacing_text(settings) -> str:
-    spacing, origin = settings["spacing_mm"], settings.get("spacing_from")
-    if spacing is None:
-        return "distances in pixels."
-    if spacing == "per image":
-        return "spacing per image from the DICOM files (mm figures for the images that have one)."
-    return f"spacing {spacing[0]} x {spacing[1]} mm" + (" (from the DICOM files)." if origin == "DICOM" else ".")
-
-
 def _json_safe(value):
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
@@ -271,108 +235,3 @@ def _json_safe(value):
     return value
 
 
-def write_sweep(path, rows) -> None:
-    """sweep.csv: threshold, class, mean and pooled Dice, pixel tallies."""
-    with Path(path).open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["threshold", "class", "mean_dice", "pooled_dice", "tp", "fp", "fn"])
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _fmt(value, digits=3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-_LABELS = {"dice": "Dice", "iou": "IoU", "precision": "precision", "recall": "recall", "hd95": "HD95 (px)",
-           "assd": "ASSD (px)", "hd95_mm": "HD95 (mm)", "assd_mm": "ASSD (mm)"}
-
-
-def _class_table(entry) -> list[str]:
-    lines = ["| metric | mean | std | median | worst | worst image | undefined |",
-             "| --- | ---: | ---: | ---: | ---: | --- | ---: |"]
-    for metric, label in _LABELS.items():
-        if metric not in entry:
-            continue
-        s = entry[metric]
-        lines.append(f"| {label} | {_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['median'])} | "
-                     f"{_fmt(s['worst'])} | {s['worst_image'] or ''} | {s['n_undefined']} |")
-    return lines
-
-
-def _link(stem) -> str:
-    return f"{OVERLAY_DIR}/{quote(stem)}.png"
-
-
-def write_report(path, summary, rows, tally=None) -> None:
-    """report.md: settings, a table per class, the worst images with their overlays, the sweep."""
-    post = summary["settings"]["postprocess"]
-    lines = [f"# Evaluation of `{summary['model']}`", "",
-             f"Data: `{summary['data']}`, {summary['images']} image(s); classes: {', '.join(summary['classes'])}.",
-             f"Threshold {post['threshold']}" + (f" (per class: {post['thresholds']})" if post["thresholds"] else "")
-             + f"; post-processing {'on' if post['enabled'] else 'off'}; TTA {'on' if post['tta'] else 'off'}; "
-             + _spacing_text(summary["settings"]),
-             f"Images with stray components: {summary['stray_components']['images']}.", ""]
-    for name in summary["classes"]:
-        entry = summary["metrics"][name]
-        lines += [f"## {name}", "", f"{entry['n_images']} image(s); "
-                  f"{summary['stray_components']['per_class'][name]} with stray components.", ""]
-        lines += _class_table(entry) + [""]
-    scores = image_scores(rows)
-    worst = sorted(scores, key=scores.get)[:WORST_SHOWN]
-    lines += [f"## The {len(worst)} worst images (mean Dice over classes)", "",
-              "| image | mean Dice | " + " | ".join(summary["classes"]) + " | overlay |",
-              "| --- | ---: | " + " | ".join("---:" for _ in summary["classes"]) + " | --- |"]
-    for stem in worst:
-        per = {r["class"]: r["dice"] for r in rows if r["image"] == stem}
-        lines.append(f"| {stem} | {scores[stem]:.3f} | " + " | ".join(f"{per[c]:.3f}" for c in summary["classes"])
-                     + f" | [overlay]({_link(stem)}) |")
-    lines += ["", "![contact sheet](contact_sheet.png)", ""]
-    if tally:
-        lines += ["## Threshold sweep (mean Dice per image)", "", "```", format_sweep(tally), "```",
-                  "", "Full table: [sweep.csv](sweep.csv).", ""]
-    Path(path).write_text("\n".join(lines))
-
-
-def write_contact_sheet(out: Path, rows) -> None:
-    """contact_sheet.png of the overlays, worst image first, at most SHEET_MAX_TILES of them."""
-    from keras_unet.overlay import contact_sheet
-
-    scores = image_scores(rows)
-    chosen = sorted(scores, key=scores.get)[:SHEET_MAX_TILES]
-    if not chosen:
-        return
-    tiles = []
-    for stem in chosen:
-        bgr = cv2.imread(str(out / OVERLAY_DIR / f"{stem}.png"), cv2.IMREAD_COLOR)
-        tiles.append(cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), _thumb(bgr.shape), interpolation=cv2.INTER_AREA))
-    labels = [f"{stem}  Dice {scores[stem]:.3f}" for stem in chosen]
-    _save(out / "contact_sheet.png", contact_sheet(tiles, labels, tile_size=256))
-
-
-def _thumb(shape, side: int = 256) -> tuple[int, int]:
-    f = min(1.0, side / max(shape[:2]))
-    return max(1, round(shape[1] * f)), max(1, round(shape[0] * f))
-
-
-def format_table(summary) -> str:
-    """A short per-class table of the summary for the console."""
-    mm = summary["settings"]["spacing_mm"] is not None
-    hd = "hd95_mm" if mm else "hd95"
-    head = f"{'class':<20} {'Dice':>13} {'IoU':>6} {'HD95 ' + ('mm' if mm else 'px'):>9} {'stray':>7}"
-    lines = [head, "-" * len(head)]
-    for name in summary["classes"]:
-        m = summary["metrics"][name]
-        dice = f"{_fmt(m['dice']['mean'])}+-{_fmt(m['dice']['std'])}"
-        stray = f"{summary['stray_components']['per_class'][name]}/{m['n_images']}"
-        lines.append(f"{name:<20} {dice:>13} {_fmt(m['iou']['mean']):>6} {_fmt(m[hd]['mean'], 2):>9} {stray:>7}")
-    return "\n".join(lines)
-
-
-def format_sweep(tally: Sweep) -> str:
-    """Mean Dice per class against the threshold, as a console table."""
-    width = max(10, *(len(c) for c in tally.classes))
-    lines = [f"{'threshold':<10} " + " ".join(f"{c:>{width}}" for c in tally.classes)]
-    means = tally.dice_sum / max(tally.images, 1)
-    for i, t in enumerate(tally.thresholds):
-        lines.append(f"{t:<10} " + " ".join(f"{means[i, c]:>{width}.4f}" for c in range(len(tally.classes))))
-    return "\n".join(lines)

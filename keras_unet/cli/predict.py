@@ -1,0 +1,54 @@
+"""Segment an image or a folder of images: masks per class, overlays and, optionally, Labelme files.
+
+With --rank: rank the folder's unannotated images by how unsure the model is (OUT/ranking.csv) and write Labelme
+pre-annotations of the --top most uncertain ones, to annotate next.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from keras_unet.cli.common import add_inference_options, load_for_inference, run_main
+from keras_unet.infer.predict import predict_folder
+from keras_unet.infer.ranking import DEFAULT_TOP, rank_folder
+
+
+def parse_args(argv):
+    """The parsed command line."""
+    p = argparse.ArgumentParser(prog="predict.py", description=__doc__)
+    add_inference_options(p)
+    p.add_argument("--input", required=True, help="an image file, or a folder of them")
+    p.add_argument("--out", required=True, help="output folder: <class>/<stem>.png, overlays/<stem>.png")
+    p.add_argument("--labelme", action="store_true", help="also write <stem>.json Labelme files of the polygons")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out")
+    p.add_argument("--rank", action="store_true", help="instead of segmenting every image: rank the images without "
+                   "a Labelme JSON beside them, most uncertain first (OUT/ranking.csv), and write pre-annotations "
+                   "(OUT/<stem>.json) of the --top ones")
+    p.add_argument("--top", type=int, help="with --rank: how many images get pre-annotations and are printed "
+                   "(default 10)")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    args = p.parse_args(argv)
+    if args.top is not None and not args.rank:
+        p.error("--top needs --rank")
+    if args.top is not None and args.top < 0:
+        p.error(f"--top must be 0 or more, got {args.top}")
+    return args
+
+
+def run(argv) -> int:
+    """Segment or rank as the parsed arguments say; 1 when an image was skipped."""
+    args = parse_args(argv)
+
+    predictor, settings = load_for_inference(args)
+    if args.rank:
+        top = DEFAULT_TOP if args.top is None else args.top
+        result = rank_folder(predictor, args.input, args.out, settings, top=top, overwrite=args.overwrite)
+    else:
+        result = predict_folder(predictor, args.input, args.out, settings, labelme=args.labelme,
+                                overwrite=args.overwrite)
+    return 1 if result["failed"] else 0
+
+
+def main(argv=None) -> int:
+    """The command line: exit code 0, 1 (an image skipped) or 2 (an error, one line on stderr)."""
+    return run_main(run, argv)

@@ -1,0 +1,95 @@
+"""Train a U-Net on a Labelme folder (default: the bundled synthetic sample)."""
+
+from __future__ import annotations
+
+import argparse
+
+from keras_unet.cli.common import run_main
+from keras_unet.config import LOSSES, PRECISIONS, UPSAMPLING, Config, load_config, merge
+
+DEFAULTS = Config()
+
+# flag -> (setting it overrides, type, help); the help's default is read from Config, never written twice
+SETTINGS = {
+    "--data": ("data", str, "Labelme folder (or train/ and val/ subfolders)"),
+    "--image-size": ("image_size", int, "side of the square network input in pixels"),
+    "--batch-size": ("batch_size", int, "global batch size, over all devices"),
+    "--epochs": ("epochs", int, "number of epochs"),
+    "--learning-rate": ("learning_rate", float, "initial learning rate, cosine-decayed"),
+    "--loss": ("loss", str, f"training loss: {', '.join(LOSSES)}"),
+    "--out": ("out", str, "run directory"),
+    "--seed": ("seed", int, "random seed for the split, initialisation and augmentation"),
+    "--precision": ("precision", str, "auto: mixed_float16 with a GPU, float32 without"),
+    "--val-fraction": ("val_fraction", float, "share of images held back for validation"),
+    "--line-width": ("line_width", int, "pixel width of line and linestrip shapes"),
+    "--depth": ("model.depth", int, "U-Net levels"),
+    "--base-filters": ("model.base_filters", int, "filters of the first level, doubled per level"),
+    "--dropout": ("model.dropout", float, "spatial dropout at the bottleneck"),
+    "--upsampling": ("model.upsampling", str, "decoder upsampling"),
+    "--checkpoint": ("checkpoint", str, "model kept: the epoch with the best validation Dice, or the last epoch"),
+    "--early-stopping": ("early_stopping", int, "patience in epochs on validation Dice; 0 = off"),
+    "--cache-dir": ("cache_dir", str, "where generated masks are cached (empty: ~/.cache/keras_unet)"),
+    "--init-weights": ("init_weights", str, "start from an earlier model.keras, run folder or "
+                       "RUN/pretrain/body.weights.npz (layers whose name and weight shapes match)"),
+    "--pretrain": ("pretrain_data", str, "first pretrain the U-Net on the images in this folder (unlabelled; "
+                   "inpainting), then train from it"),
+    "--pretrain-epochs": ("pretrain.epochs", int, "epochs of --pretrain"),
+    "--self-train": ("self_train.data", str, "self-training: train a teacher, label the images in this folder "
+                     "(unlabelled) with it, then train the run's model on both"),
+    "--self-train-epochs": ("self_train.epochs", int, "epochs of the self-trained model over labelled + "
+                            "pseudo-labelled images"),
+}
+CHOICES = {"--loss": LOSSES, "--precision": PRECISIONS, "--upsampling": UPSAMPLING, "--checkpoint": ("best", "last")}
+
+
+def default_of(key: str):
+    """The default value of a dotted setting ('model.depth')."""
+    value = DEFAULTS
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def parse_args(argv):
+    """The parsed command line."""
+    p = argparse.ArgumentParser(prog="train.py", description=__doc__)
+    p.add_argument("--config", help="YAML or JSON file of settings; flags given here win over it")
+    p.add_argument("--classes", help="comma-separated class names; default: labels.txt in --data, else all labels")
+    for flag, (key, kind, text) in SETTINGS.items():
+        default = default_of(key)
+        shown = f" (default {default})" if default not in ("", None) else ""
+        p.add_argument(flag, type=kind, choices=CHOICES.get(flag), dest=key.replace(".", "__"), help=text + shown,
+                       metavar=None if flag in CHOICES else key.split(".")[-1].upper())
+    p.add_argument("--no-augment", action="store_true", help="switch augmentation off")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="train on the usable annotation files; list the others in RUN/skipped.txt")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return p.parse_args(argv)
+
+
+def config_from_args(args) -> Config:
+    """The run's Config: defaults, then --config's file, then the flags given."""
+    config = load_config(args.config) if args.config else Config()
+    overrides = {key: getattr(args, key.replace(".", "__")) for key, _, _ in SETTINGS.values()}
+    overrides.update({
+        "classes": [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
+        "augment.enabled": False if args.no_augment else None,
+        "skip_bad": True if args.skip_bad else None,
+    })
+    return merge(config, overrides)
+
+
+def run(argv) -> int:
+    """Train as the parsed arguments say."""
+    args = parse_args(argv)
+    config = config_from_args(args)
+    from keras_unet.train.run import train  # TensorFlow (heavy) is imported once the arguments are good
+
+    train(config, overwrite=args.overwrite)
+    return 0
+
+
+def main(argv=None) -> int:
+    """The command line: exit code 0, or 2 on an error (one line on stderr)."""
+    return run_main(run, argv)

@@ -1,0 +1,77 @@
+"""Segment image files into a folder: one mask per class, an overlay, and optionally Labelme pre-annotations."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from keras_unet.config import PostprocessConfig
+from keras_unet.errors import DataError, KerasUnetError
+from keras_unet.imaging.overlay import draw_overlay, save_rgb
+from keras_unet.imaging.postprocess import mask_to_polygons
+from keras_unet.infer.predictor import Predictor
+from keras_unet.io import images
+from keras_unet.io.files import prepare_out_dir
+from keras_unet.io.labelme import labelme_document, write_labelme
+from keras_unet.progress import Progress
+
+POLYGON_MIN_AREA = 10  # pixels; smaller predicted components are left out of Labelme files
+
+
+POLYGON_EPSILON = 0.5  # pixels; outline simplification for Labelme files
+
+
+def labelme_prediction(masks: np.ndarray, classes, image_path, json_path) -> dict:
+    """A Labelme document whose polygons trace the masks, with imagePath relative to the JSON's folder."""
+    shapes = []
+    for c, name in enumerate(classes):
+        for polygon in mask_to_polygons(masks[..., c], POLYGON_MIN_AREA, POLYGON_EPSILON):
+            shapes.append({"label": name, "points": polygon, "shape_type": "polygon"})
+    relative = os.path.relpath(os.path.abspath(image_path), os.path.dirname(os.path.abspath(json_path)))
+    return labelme_document(shapes, Path(relative).as_posix(), masks.shape[0], masks.shape[1])
+
+
+def predict_image(predictor: Predictor, image_path, out: Path, settings: PostprocessConfig,
+                  labelme: bool = False) -> np.ndarray:
+    """Segment one image file and write its masks, overlay and (optionally) Labelme file; returns the masks."""
+    image_path = Path(image_path)
+    image = images.read_image(image_path)
+    _, masks = predictor.segment(image, settings)
+    stem = image_path.stem
+    for c, name in enumerate(predictor.classes):
+        images.write_png(out / name / f"{stem}.png", masks[..., c] * np.uint8(255))
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    save_rgb(out / "overlays" / f"{stem}.png", draw_overlay(image, masks, classes=predictor.classes, title=stem))
+    if labelme:
+        json_path = out / f"{stem}.json"
+        write_labelme(json_path, labelme_prediction(masks, predictor.classes, image_path, json_path))
+    return masks
+
+
+def predict_folder(predictor: Predictor, source, out, settings: PostprocessConfig | None = None,
+                   labelme: bool = False, overwrite: bool = False, log=print, progress=True) -> dict:
+    """Segment an image file or a folder of them into out/; bad images are reported and skipped."""
+    settings = predictor.config.postprocess if settings is None else settings
+    paths = images.list_images(source)
+    out = prepare_out_dir(out, overwrite)
+    bar = Progress(len(paths)) if progress else None
+    say = bar.say if bar else log
+    written, failed, stems = 0, [], {}
+    for path in paths:
+        try:
+            if path.stem in stems:
+                raise DataError(path, f"has the same stem as {stems[path.stem].name}; its outputs would collide")
+            stems[path.stem] = path
+            predict_image(predictor, path, out, settings, labelme)
+            written += 1
+        except KerasUnetError as exc:
+            failed.append(str(path))
+            say(f"skipped: {exc}")
+        if bar:
+            bar.step()
+    if bar:
+        bar.close()
+    log(f"{written} image(s) segmented into {out}" + (f"; {len(failed)} skipped" if failed else ""))
+    return {"written": written, "failed": failed, "out": str(out)}

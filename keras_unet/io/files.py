@@ -1,0 +1,169 @@
+"""Files and folders: reading bytes, atomic writes, output-folder guards, sizes and hashes (standard library only)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from keras_unet.errors import ConfigError, DataError
+
+
+def read_bytes(path) -> bytes:
+    """A file's bytes, raising DataError for a missing or unreadable file."""
+    path = Path(path)
+    try:
+        if not path.exists():
+            raise DataError(path, "file not found")
+        if path.is_dir():
+            raise DataError(path, "is a folder, not an image file")
+        return np.fromfile(path, dtype=np.uint8).tobytes()
+    except (OSError, ValueError) as error:
+        raise DataError(path, f"cannot read the file ({getattr(error, 'strerror', None) or error})") from None
+
+
+def _temporary_name(path: Path, suffix: str = ".tmp") -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}")
+
+
+@contextmanager
+def atomic_path(path, suffix: str = ".tmp"):
+    """Yield a temporary path beside `path` for a writer to fill; rename it into place only if the block succeeds.
+
+    suffix: the temporary file's ending, for writers that choose the format by it (".keras", ".weights.h5")."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_name(path, suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path, data: bytes, durable: bool = False) -> None:
+    """Write bytes through a temporary file in the same folder and os.replace (durable: fsync before)."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                if durable:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+    except OSError as error:
+        raise DataError(path, f"cannot write the file ({error.strerror or error})") from None
+
+
+def write_json_atomic(path, data) -> None:
+    """Write JSON (indented, UTF-8) atomically."""
+    write_bytes_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+
+
+def is_inside(path, folder) -> bool:
+    """Whether path lies in folder (or is it), symbolic links resolved on both sides."""
+    try:
+        return Path(os.path.realpath(path)).is_relative_to(Path(os.path.realpath(folder)))
+    except (OSError, ValueError):
+        return False
+
+
+def is_file(path) -> bool:
+    """Whether path names a regular file (or a link to one); False for names the system cannot even look up."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte: reading it reports the problem
+        return False
+
+
+def check_out_dir(out, overwrite: bool, what: str = "output folder", keep=None, allowed=()) -> Path:
+    """Refuse an output folder that is a file, holds `keep` (the source), or already holds files (unless overwrite).
+
+    allowed: names of files that may already be there (those the command itself writes)."""
+    out = Path(out).expanduser()
+    if keep is not None and is_inside(keep, out):
+        raise ConfigError(f"{out}: holds the source {keep}; write somewhere else")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder")
+    if not overwrite and out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in set(allowed))
+        if foreign:
+            listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise ConfigError(f"{out}: {what} already exists and holds files ({listed}); use another --out, "
+                              "or --overwrite to replace them")
+    return out
+
+
+def prepare_out_dir(out, overwrite: bool, what: str = "output folder") -> Path:
+    """Create an output folder after check_out_dir; returns it."""
+    out = check_out_dir(out, overwrite, what)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Put a finished folder at out, replacing an old one only once the new one is complete."""
+    old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old") if out.exists() else None
+    if old:
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if old:
+            os.replace(old, out)
+        raise
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_folder(out, fill, check=None) -> None:
+    """fill(a temporary folder beside out), check(), then rename it to out; on any failure nothing is left behind."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        fill(tmp)
+        if check is not None:
+            check()
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def folder_bytes(path) -> int:
+    """Size of a file, or of all files under a folder, in bytes."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def sha256_file(path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def human_bytes(n: int) -> str:
+    """'812 B', '35.2 KiB', '7.41 MiB'."""
+    if n < 1024:
+        return f"{n} B"
+    if n < 1024 ** 2:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / 1024 ** 2:.2f} MiB"

@@ -1,0 +1,24 @@
+"""The names of the files and folders in a run folder and an export folder: one place for every name."""
+
+# a training run (python train.py --out RUN)
+MODEL_FILE = "model.keras"  # the model kept (best validation Dice, or the last epoch's)
+CONFIG_FILE = "config.json"  # every resolved setting
+SPLIT_FILE = "split.json"  # which images trained and which validated
+METRICS_FILE = "metrics.json"  # the final validation scores; its presence marks a finished stage
+HISTORY_FILE = "history.csv"  # one row per epoch
+CURVES_FILE = "curves.png"
+LOGS_DIR = "logs"  # TensorBoard
+BACKUP_DIR = "backup"  # what resuming an interrupted fit needs; removed when the stage finishes
+FIT_DONE = "fit_done"  # marker inside BACKUP_DIR: fit() ended normally, only the final scores are missing
+SKIPPED_FILE = "skipped.txt"  # `file: problem` lines of the annotation files left out (--skip-bad)
+
+# stages inside a run folder
+REFINE_DIR = "refine"  # the refine stage's run folder
+TEACHER_DIR = "teacher"  # self-training's teacher run
+PSEUDO_DIR = "pseudo"  # the pseudo-labelled images (image + masks/ folder)
+PRETRAIN_DIR = "pretrain"  # inpainting pretraining
+PRETRAIN_WEIGHTS = "body.weights.npz"  # every pretrained layer but the reconstruction head, keyed by layer name
+PRETRAIN_HISTORY = "pretrain_history.csv"
+
+# an export folder (python export.py --out EXPORT)
+METADATA_FILE = "metadata.json"  # the run's settings and how to feed each artefact

@@ -1,0 +1,37 @@
+"""The one fit loop: model.fit with the history file, a NaN stop and a kill-safe backup, resumable after a kill."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+
+from keras_unet.errors import TrainingError
+from keras_unet.run_folder import BACKUP_DIR
+from keras_unet.train.callbacks import SafeBackup, StopOnNaN
+from keras_unet.train.history import backup_epoch, repair_backup, trim_history
+
+
+def resume_history(folder: Path, history: Path, resuming: bool, fit_done: bool = False) -> list[dict]:
+    """The history rows an interrupted fit in folder had finished (history.csv trimmed to match its backup)."""
+    if not resuming:
+        history.unlink(missing_ok=True)
+        return []
+    backup = Path(folder) / BACKUP_DIR
+    repair_backup(backup)
+    return trim_history(history, 10 ** 9 if fit_done else backup_epoch(backup))
+
+
+def fit(model, train_ds, epochs: int, folder: Path, history: Path, append: bool, val_ds=None, callbacks=(),
+        what: str = "loss", advice: str = "") -> None:
+    """model.fit logging to history and backing up into folder/backup; TrainingError when the loss is not finite.
+
+    callbacks run after the history row is written and before the backup: a kill in between repeats an epoch,
+    never skips one."""
+    nan_guard = StopOnNaN()
+    everything = [keras.callbacks.CSVLogger(str(history), append=append), *callbacks, nan_guard,
+                  SafeBackup(Path(folder) / BACKUP_DIR)]
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=everything, verbose=2,
+              shuffle=False)  # the dataset shuffles itself
+    if nan_guard.failed_at is not None:
+        raise TrainingError(f"{folder}: the {what} became NaN/infinite (batch {nan_guard.failed_at}); {advice}")
