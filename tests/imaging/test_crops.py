@@ -1,9 +1,9 @@
-"""keras_unet.crops: the box around a structure, zero-padded crops, and pasting a crop's result back."""
+"""keras_unet.imaging.crops: the box around a structure, zero-padded crops, and pasting a crop's result back."""
 
 import numpy as np
 import pytest
 
-from keras_unet import crops
+from keras_unet.imaging import crops
 
 
 def test_bounds_are_those_of_the_largest_component():

@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from keras_unet import metrics
-from keras_unet.metrics import (assd, confusion, dice, hd95, iou, mask_boundary, precision, recall, score_masks,
-                                summarize, surface_distances)
+from keras_unet.imaging import metrics
+from keras_unet.imaging.metrics import (assd, confusion, dice, hd95, iou, mask_boundary, precision, recall,
+                                        score_masks, summarize, surface_distances)
 
 
 def square(top, left, size=4, shape=(8, 8)):

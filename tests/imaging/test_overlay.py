@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from keras_unet import overlay
-from keras_unet.overlay import class_colors, contact_sheet, draw_overlay, save_rgb, to_display
+from keras_unet.imaging import overlay
+from keras_unet.imaging.overlay import class_colors, contact_sheet, draw_overlay, save_rgb, to_display
 
 H, W = 120, 160
 

@@ -4,8 +4,8 @@ import pytest
 
 from keras_unet.config import PostprocessConfig
 from keras_unet.errors import ConfigError
-from keras_unet.postprocess import (clean_masks, count_components, fill_holes, keep_largest, mask_to_polygons,
-                                    remove_small, stray_components, threshold)
+from keras_unet.imaging.postprocess import (clean_masks, count_components, fill_holes, keep_largest,
+                                            mask_to_polygons, remove_small, stray_components, threshold)
 
 
 def grid(text):

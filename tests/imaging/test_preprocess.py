@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_unet import data, preprocess
 from keras_unet.config import Config, NormalizationConfig
+from keras_unet.data import pipeline
+from keras_unet.imaging import preprocess
 
 
 def radiograph(h, w, dtype=np.uint8, seed=0):
@@ -40,7 +41,7 @@ def test_normalisation_numpy_equals_tensorflow(method, dtype):
     expected = preprocess.normalize(image, norm)
     # the pipeline decodes every PNG on the 16-bit scale: 8-bit values arrive multiplied by 257
     scale = 257.0 if dtype == np.uint8 else 1.0
-    got = data.normalize(tf.constant(image[..., None].astype(np.float32) * scale), norm).numpy()[..., 0]
+    got = pipeline.normalize(tf.constant(image[..., None].astype(np.float32) * scale), norm).numpy()[..., 0]
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
@@ -48,7 +49,7 @@ def test_normalisation_numpy_equals_tensorflow(method, dtype):
 def test_letterbox_numpy_equals_tensorflow(shape):
     x = preprocess.normalize(radiograph(*shape), NormalizationConfig())
     expected, box = preprocess.letterbox(x, 256)
-    got = data.letterbox(tf.constant(x[..., None]), 256).numpy()[..., 0]
+    got = pipeline.letterbox(tf.constant(x[..., None]), 256).numpy()[..., 0]
     assert got.shape == expected.shape == (256, 256)
     diff = np.abs(got - expected)
     assert diff.mean() < 2e-3 and diff.max() < 0.05
