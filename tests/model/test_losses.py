@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import keras
 
-from keras_unet.losses import (BceDiceLoss, DiceLoss, DiceScore, FocalTverskyLoss, IoUScore, get_loss,
-                               segmentation_metrics)
+from keras_unet.model.losses import (BceDiceLoss, DiceLoss, DiceScore, FocalTverskyLoss, IoUScore, get_loss,
+                                     segmentation_metrics)
 
 
 def batch(*planes):

@@ -5,8 +5,8 @@ import pytest
 import keras
 
 from keras_unet.config import Config, merge
-from keras_unet.losses import BceDiceLoss, segmentation_metrics
-from keras_unet.model import build_unet, model_from_config
+from keras_unet.model.losses import BceDiceLoss, segmentation_metrics
+from keras_unet.model.unet import build_unet, model_from_config
 
 VARIANTS = {
     "default": dict(depth=2, base_filters=4),
