@@ -1,4 +1,4 @@
-"""keras_unet.infer.predictor: test-time flipping, the post-processing switches and the refine stage, on stub networks."""
+"""keras_unet.infer.predictor: test-time flipping, post-processing switches and the refine stage, on stub networks."""
 
 import numpy as np
 import pytest
