@@ -1,4 +1,4 @@
-"""keras_unet.annotations: Labelme JSON in (3.x to 5.x), validation, class lists, Labelme JSON out."""
+"""keras_unet.io.labelme: Labelme JSON in (3.x to 5.x), validation, finding files, Labelme JSON out."""
 
 import base64
 import json
@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from keras_unet import annotations as ann
-from keras_unet.errors import ConfigError, DataError
+from keras_unet.errors import DataError
+from keras_unet.io import labelme
 from labelme_factory import document, gradient, labelme_pair, png_bytes, shape, write_image, write_json
 
 SQUARE = [[2, 2], [7, 2], [7, 7], [2, 7]]
@@ -21,35 +21,35 @@ def _error(call, *args) -> str:
 
 def test_external_image_beside_json(tmp_path):
     path = labelme_pair(tmp_path, "a", [shape("bone", SQUARE), shape("rib", [[0, 0], [5, 5]], "rectangle")])
-    annotation = ann.read_labelme(path)
+    annotation = labelme.read_labelme(path)
     assert annotation.image_path == tmp_path / "a.png" and annotation.image_data is None
     assert (annotation.height, annotation.width) == (20, 30)
     assert [s.label for s in annotation.shapes] == ["bone", "rib"]
     assert [s.shape_type for s in annotation.shapes] == ["polygon", "rectangle"]
     assert annotation.shapes[0].points.dtype == np.float64 and annotation.shapes[0].points.shape == (4, 2)
-    assert np.array_equal(ann.load_image(annotation), gradient())
+    assert np.array_equal(labelme.load_image(annotation), gradient())
 
 
 def test_embedded_image_data(tmp_path):
     image = gradient(12, 9)
     path = write_json(tmp_path / "e.json", document([shape("a", SQUARE)], "gone.png", 12, 9, png_bytes(image)))
-    annotation = ann.read_labelme(path)
+    annotation = labelme.read_labelme(path)
     assert annotation.image_data == png_bytes(image)
-    assert np.array_equal(ann.load_image(annotation), image)  # imagePath is missing, imageData wins
+    assert np.array_equal(labelme.load_image(annotation), image)  # imagePath is missing, imageData wins
 
 
 def test_windows_backslash_image_path(tmp_path):
     write_image(tmp_path / "sub" / "img.png", gradient())
     path = write_json(tmp_path / "a.json", document([], "sub\\img.png"))
-    annotation = ann.read_labelme(path)
+    annotation = labelme.read_labelme(path)
     assert annotation.image_path == tmp_path / "sub" / "img.png"
-    assert ann.load_image(annotation).shape == (20, 30)
+    assert labelme.load_image(annotation).shape == (20, 30)
 
 
 def test_absolute_windows_path_falls_back_to_file_beside_json(tmp_path):
     write_image(tmp_path / "img.png", gradient())
     path = write_json(tmp_path / "a.json", document([], "C:\\Users\\me\\xrays\\img.png"))
-    annotation = ann.read_labelme(path)
+    annotation = labelme.read_labelme(path)
     assert annotation.image_path == tmp_path / "img.png"
     assert annotation.warnings and "img.png" in annotation.warnings[0]
 
@@ -57,8 +57,8 @@ def test_absolute_windows_path_falls_back_to_file_beside_json(tmp_path):
 def test_outside_data_dir_flag(tmp_path):
     write_image(tmp_path / "images" / "a.png", gradient())
     path = write_json(tmp_path / "ann" / "a.json", document([], "../images/a.png"))
-    assert ann.read_labelme(path, data_dir=tmp_path / "ann").outside_data_dir
-    assert not ann.read_labelme(path, data_dir=tmp_path).outside_data_dir
+    assert labelme.read_labelme(path, data_dir=tmp_path / "ann").outside_data_dir
+    assert not labelme.read_labelme(path, data_dir=tmp_path).outside_data_dir
 
 
 def test_version_3_file_without_size_or_shape_type(tmp_path):
@@ -71,7 +71,7 @@ def test_version_3_file_without_size_or_shape_type(tmp_path):
         "imagePath": "old.png",
         "imageData": None,
     }
-    annotation = ann.read_labelme(write_json(tmp_path / "old.json", legacy))
+    annotation = labelme.read_labelme(write_json(tmp_path / "old.json", legacy))
     assert (annotation.height, annotation.width) == (11, 13)
     assert annotation.shapes[0].shape_type == "polygon" and annotation.shapes[0].group_id is None
 
@@ -79,7 +79,7 @@ def test_version_3_file_without_size_or_shape_type(tmp_path):
 def test_version_3_embedded_without_size(tmp_path):
     data = png_bytes(gradient(7, 5))
     legacy = {"shapes": [], "imagePath": "x.png", "imageData": base64.encodebytes(data).decode()}  # with newlines
-    annotation = ann.read_labelme(write_json(tmp_path / "old.json", legacy))
+    annotation = labelme.read_labelme(write_json(tmp_path / "old.json", legacy))
     assert (annotation.height, annotation.width) == (7, 5)
 
 
@@ -95,7 +95,7 @@ def test_every_shape_type_parses(tmp_path):
         shape("a", [[3, 3]], "point"),
         shape("a", [[1, 1], [4, 3]], "mask", mask=base64.b64encode(png_bytes(mask)).decode(), group_id=7),
     ]
-    annotation = ann.read_labelme(labelme_pair(tmp_path, "s", shapes))
+    annotation = labelme.read_labelme(labelme_pair(tmp_path, "s", shapes))
     types = [s.shape_type for s in annotation.shapes]
     assert types == ["polygon", "rectangle", "circle", "line", "linestrip", "point", "mask"]
     masked = annotation.shapes[-1]
@@ -127,76 +127,51 @@ def _bad_file(tmp_path, content, name="bad.json"):
     ],
 )
 def test_invalid_files_raise_data_error_naming_the_file(tmp_path, content, expected):
-    message = _error(ann.read_labelme, _bad_file(tmp_path, content))
+    message = _error(labelme.read_labelme, _bad_file(tmp_path, content))
     assert "bad.json" in message and expected in message
 
 
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_coordinates(tmp_path, value):
     text = json.dumps(document([shape("clavicle", SQUARE)], "img.png")).replace("[7, 2]", f"[7, {value}]", 1)
-    message = _error(ann.read_labelme, _bad_file(tmp_path, text))
+    message = _error(labelme.read_labelme, _bad_file(tmp_path, text))
     assert "bad.json" in message and "not finite" in message and "'clavicle'" in message
 
 
 def test_missing_image_file(tmp_path):
     path = write_json(tmp_path / "a.json", document([], "nowhere.png"))
-    message = _error(ann.load_image, ann.read_labelme(path))
+    message = _error(labelme.load_image, labelme.read_labelme(path))
     assert "nowhere.png" in message and "not found" in message
 
 
 def test_size_mismatch(tmp_path):
     write_image(tmp_path / "a.png", gradient(20, 30))
-    annotation = ann.read_labelme(write_json(tmp_path / "a.json", document([], "a.png", height=25, width=30)))
-    message = _error(ann.load_image, annotation)
+    annotation = labelme.read_labelme(write_json(tmp_path / "a.json", document([], "a.png", height=25, width=30)))
+    message = _error(labelme.load_image, annotation)
     assert "a.json" in message and "image is 30x20 but the annotation says 30x25" in message
-    assert "image is 30x20 but the annotation says 30x25" in _error(ann.check_image_size, annotation)
+    assert "image is 30x20 but the annotation says 30x25" in _error(labelme.check_image_size, annotation)
 
 
 def test_find_annotations_recursive_sorted_and_skipping(tmp_path):
     for rel in ["b.json", "a.json", "sub/c.json", ".hidden/d.json", "masks/e.json", "sub/masks/f.json", "x.png"]:
         write_json(tmp_path / rel, "{}")
-    found = [p.relative_to(tmp_path).as_posix() for p in ann.find_annotations(tmp_path)]
+    found = [p.relative_to(tmp_path).as_posix() for p in labelme.find_annotations(tmp_path)]
     assert found == ["a.json", "b.json", "sub/c.json"]
 
 
 def test_find_annotations_errors(tmp_path):
-    assert "folder not found" in _error(ann.find_annotations, tmp_path / "missing")
-    assert "no Labelme .json files" in _error(ann.find_annotations, tmp_path)
-
-
-def test_read_class_list(tmp_path):
-    path = tmp_path / "labels.txt"
-    path.write_text("__ignore__\n_background_\n# bones\nleft_clavicle\n\n  right_clavicle  \n")
-    assert ann.read_class_list(path) == ["left_clavicle", "right_clavicle"]
-    path.write_text("a\nb\na\n")
-    assert "listed twice" in _error(ann.read_class_list, path)
-
-
-def test_resolve_classes(tmp_path):
-    labelme_pair(tmp_path, "a", [shape("rib", SQUARE), shape("clavicle", SQUARE), shape("_background_", SQUARE)])
-    assert ann.resolve_classes(["x", "y"], tmp_path) == ["x", "y"]
-    assert ann.resolve_classes(" x, y ,", tmp_path) == ["x", "y"]
-    assert ann.resolve_classes(None, tmp_path) == ["clavicle", "rib"]
-    (tmp_path / "labels.txt").write_text("__ignore__\n_background_\nrib\n")
-    assert ann.resolve_classes("", tmp_path) == ["rib"]
-    with pytest.raises(ConfigError):
-        ann.resolve_classes("a,a", tmp_path)
-
-
-def test_resolve_classes_from_mask_folders(tmp_path):
-    (tmp_path / "masks" / "b").mkdir(parents=True)
-    (tmp_path / "masks" / "a").mkdir()
-    assert ann.resolve_classes([], tmp_path) == ["a", "b"]
+    assert "folder not found" in _error(labelme.find_annotations, tmp_path / "missing")
+    assert "no Labelme .json files" in _error(labelme.find_annotations, tmp_path)
 
 
 def test_labelme_document_roundtrip(tmp_path):
     write_image(tmp_path / "img.png", gradient())
-    shapes = [ann.Shape("bone", "polygon", np.array(SQUARE, dtype=float)), {"label": "rib", "points": SQUARE}]
-    doc = ann.labelme_document(shapes, "img.png", 20, 30)
+    shapes = [labelme.Shape("bone", "polygon", np.array(SQUARE, dtype=float)), {"label": "rib", "points": SQUARE}]
+    doc = labelme.labelme_document(shapes, "img.png", 20, 30)
     assert doc["version"] == "5.4.1" and doc["imageData"] is None
     assert [s["shape_type"] for s in doc["shapes"]] == ["polygon", "polygon"]
-    ann.write_labelme(tmp_path / "pred.json", doc)
-    back = ann.read_labelme(tmp_path / "pred.json")
+    labelme.write_labelme(tmp_path / "pred.json", doc)
+    back = labelme.read_labelme(tmp_path / "pred.json")
     assert back.shapes[0] == shapes[0] and back.shapes[1].label == "rib"
     assert (back.height, back.width) == (20, 30)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
@@ -204,5 +179,5 @@ def test_labelme_document_roundtrip(tmp_path):
 
 def test_labelme_document_embeds_image_data():
     data = png_bytes(gradient(4, 4))
-    doc = ann.labelme_document([], "x.png", 4, 4, image_data=data)
+    doc = labelme.labelme_document([], "x.png", 4, 4, image_data=data)
     assert base64.b64decode(doc["imageData"]) == data
