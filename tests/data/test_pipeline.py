@@ -7,8 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from keras_unet.config import AugmentConfig, Config, NormalizationConfig, flip_permutation
-from keras_unet.data import make_dataset, split_samples
+from keras_unet.config import AugmentConfig, Config, NormalizationConfig
+from keras_unet.data.pipeline import make_dataset
+from keras_unet.data.samples import split_samples
 
 CLASSES = ["left_clavicle", "right_clavicle", "rib"]
 
@@ -47,7 +48,10 @@ def test_batches_have_network_shape_and_range(tmp_path):
     images, masks = next(iter(make_dataset(samples, config_for(), training=True)))
     assert images.shape == (4, 64, 64, 1) and masks.shape == (4, 64, 64, 3)
     assert float(images.numpy().min()) >= 0.0 and float(images.numpy().max()) <= 1.0
-    assert set(np.unique(masks.numpy())) <= set(np.linspace(0, 1, 1001).round(3)) or masks.numpy().max() <= 1.0
+    m = masks.numpy()
+    assert m.min() >= 0.0 and m.max() <= 1.0  # soft (bilinear) masks stay in [0, 1]
+    assert m.max() > 0.99  # on the 0..1 scale, not 0..1/257 or 0..1/255 of it
+    assert (m.sum(axis=(1, 2)) > 50).all()  # every class of every image keeps its structure through augmentation
 
 
 def test_validation_pipeline_is_exact(tmp_path):
@@ -87,12 +91,6 @@ def test_flip_swaps_left_and_right_classes(tmp_path):
     for i in kept:
         np.testing.assert_array_equal(m[i], ref)
         assert x[i, 15, 26] == 0.0 and x[i, 15, 37] == 1.0
-
-
-def test_flip_permutation():
-    assert flip_permutation(CLASSES) == [1, 0, 2]
-    assert flip_permutation(["left_lung", "heart"]) is None
-    assert flip_permutation(["rib"]) == [0]
 
 
 def test_augmentation_differs_between_epochs(tmp_path):
@@ -137,8 +135,8 @@ def textured_sample(folder: Path, stem: str, size=64):
 
 
 def test_validation_crops_match_the_numpy_crops_of_inference(tmp_path):
-    from keras_unet import crops
-    from keras_unet.preprocess import normalize, prepare
+    from keras_unet.imaging import crops
+    from keras_unet.imaging.preprocess import normalize, prepare
 
     config = crop_config()
     sample = textured_sample(tmp_path, "s0")
@@ -161,7 +159,7 @@ def test_validation_crops_match_the_numpy_crops_of_inference(tmp_path):
 
 
 def test_training_crops_are_jittered_and_stay_on_the_image(tmp_path):
-    from keras_unet.data import jittered_box
+    from keras_unet.data.pipeline import jittered_box
     import tensorflow as tf
 
     config = crop_config(enabled=False)
