@@ -75,7 +75,9 @@ def compare(reference: np.ndarray, probs: np.ndarray, classes) -> dict:
     if probs.shape != reference.shape:
         raise ExportError(f"the artefact returned shape {probs.shape}, the Keras model {reference.shape}")
     ref, out = reference > PARITY_THRESHOLD, probs > PARITY_THRESHOLD
-    per_class = {name: dice(ref[..., c], out[..., c]) for c, name in enumerate(classes)}
+    width = ref.shape[-2]  # the images stacked as rows of one 2-D mask: Dice pooled over the batch
+    per_class = {name: dice(ref[..., c].reshape(-1, width), out[..., c].reshape(-1, width))
+                 for c, name in enumerate(classes)}
     return {"dice": min(per_class.values()), "dice_per_class": per_class,
             "max_abs_diff": float(np.max(np.abs(probs - reference))),
             "mean_abs_diff": float(np.mean(np.abs(probs - reference)))}

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 import struct
+import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from keras_unet.errors import DataError, last_line
 from keras_unet.io import dicom
@@ -17,8 +20,7 @@ MAX_PIXELS = 100_000_000  # images with more pixels than this are refused (about
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", *dicom.SUFFIXES)
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_JPEG_STANDALONE = {0x01, 0xD0, 0xD1, 0xD2, 0xD3, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8}
+_EXIF_ORIENTATION = 0x0112  # values 5 to 8 turn the picture by 90 degrees: height and width swap
 
 
 def read_image(path) -> np.ndarray:
@@ -81,7 +83,7 @@ def decode_image(data: bytes, source) -> np.ndarray:
     kind = _sniff(data)
     if kind is None:
         raise DataError(source, "not an image (unrecognised file format)")
-    size = _header_size(data, kind)
+    size = _header_size(data, source)
     if size is not None:
         _check_size(size[0], size[1], source)
     truncated = _truncation(data, kind)
@@ -107,8 +109,7 @@ def image_dimensions(data: bytes, source) -> tuple[int, int]:
         size = dicom.image_dimensions(dicom.parse(data, source, pixels=False), source)
         _check_size(*size, source)
         return size
-    kind = _sniff(data) if data else None
-    size = _header_size(data, kind) if kind else None
+    size = _header_size(data, source) if data else None
     if size is None or size[0] <= 0 or size[1] <= 0:
         image = decode_image(data, source)
         return int(image.shape[0]), int(image.shape[1])
@@ -177,78 +178,25 @@ def _other_format(data: bytes) -> str | None:
     return None
 
 
-def _header_size(data: bytes, kind: str) -> tuple[int, int] | None:
-    """(height, width) from the file header, or None when not cheaply known."""
+
+
+
+
+
+def _header_size(data: bytes, source) -> tuple[int, int] | None:
+    """(height, width) as Pillow reads it from the header alone (EXIF orientation applied), or None if it cannot."""
     try:
-        if kind == "png":
-            if len(data) >= 24 and data[12:16] == b"IHDR":
-                width, height = struct.unpack(">II", data[16:24])
-                return height, width
-        elif kind == "bmp":
-            return _bmp_size(data)
-        elif kind == "jpeg":
-            return _jpeg_size(data)
-        elif kind == "tiff":
-            return _tiff_size(data)
-    except (struct.error, IndexError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked next
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                turned = image.format == "JPEG" and image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+    except Image.DecompressionBombError:
+        raise DataError(source, f"image has more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (Pillow's "
+                                f"decompression-bomb guard), more than the {MAX_PIXELS:,} limit") from None
+    except Exception:  # a format or a header Pillow does not read: OpenCV's decoder has the last word
         return None
-    return None
-
-
-def _bmp_size(data: bytes) -> tuple[int, int] | None:
-    (header,) = struct.unpack("<I", data[14:18])
-    if header == 12:
-        width, height = struct.unpack("<HH", data[18:22])
-    else:
-        width, height = struct.unpack("<ii", data[18:26])
-    return abs(height), abs(width)
-
-
-def _jpeg_segments(data: bytes):
-    """Yield (marker, offset of the segment's length field) up to the first start-of-scan."""
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            return
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in _JPEG_STANDALONE:
-            i += 2
-            continue
-        yield marker, i + 2
-        if marker == 0xDA:
-            return
-        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
-        i += 2 + length
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    for marker, at in _jpeg_segments(data):
-        if marker == 0xE1 and data[at + 2 : at + 8] == b"Exif\x00\x00":
-            return None  # an orientation tag may swap the sides: let the decoder say
-        if marker in _JPEG_SOF:
-            height, width = struct.unpack(">HH", data[at + 3 : at + 7])
-            return height, width
-    return None
-
-
-def _tiff_size(data: bytes) -> tuple[int, int] | None:
-    order = "<" if data[:2] == b"II" else ">"
-    if data[2:4] not in (b"*\x00", b"\x00*"):
-        return None  # BigTIFF: leave to the decoder
-    (ifd,) = struct.unpack(order + "I", data[4:8])
-    (count,) = struct.unpack(order + "H", data[ifd : ifd + 2])
-    found = {}
-    for k in range(count):
-        entry = data[ifd + 2 + 12 * k : ifd + 14 + 12 * k]
-        tag, kind = struct.unpack(order + "HH", entry[:4])
-        if tag in (256, 257):
-            found[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), entry[8 : 10 if kind == 3 else 12])[0]
-    if 256 in found and 257 in found:
-        return found[257], found[256]
-    return None
+    return (width, height) if turned else (height, width)
 
 
 def _truncation(data: bytes, kind: str) -> str | None:
@@ -256,11 +204,8 @@ def _truncation(data: bytes, kind: str) -> str | None:
     if kind == "png" and data.rfind(b"IEND", max(0, len(data) - 4096)) < 0:
         return "truncated PNG file (no IEND chunk at the end)"
     if kind == "jpeg":
-        scan = None
-        for marker, at in _jpeg_segments(data):
-            if marker == 0xDA:
-                scan = at
-        if scan is None or data.find(b"\xff\xd9", scan) < 0:
+        scan = data.rfind(b"\xff\xda")  # the last start-of-scan (entropy-coded data never holds FF DA)
+        if scan < 0 or data.find(b"\xff\xd9", scan) < 0:
             return "truncated JPEG file (no end-of-image marker after the image data)"
     if kind == "bmp" and len(data) >= 6:
         (declared,) = struct.unpack("<I", data[2:6])
