@@ -1,4 +1,4 @@
-"""Tests of the synthetic chest radiograph generator (keras_unet.phantom)."""
+"""The synthetic chest radiograph generator (keras_unet.data.phantom) and its command (keras_unet.cli.phantom)."""
 
 import json
 
@@ -6,8 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
+from keras_unet.cli.phantom import main
+from keras_unet.data.phantom import LABELS, make_phantom, write_sample
 from keras_unet.errors import KerasUnetError
-from keras_unet.phantom import LABELS, labelme_document, main, make_phantom, write_sample
+from keras_unet.io.labelme import labelme_document
 
 SIZE = 192
 
@@ -83,7 +85,7 @@ def test_clavicles_overlap_ribs():
 
 def test_labelme_document_structure():
     shapes = [{"label": "rib", "points": [[1.234, 2.0], [3.0, 4.567], [5.0, 1.0]]}]
-    doc = labelme_document(shapes, "x.png", 30, 40)
+    doc = labelme_document(shapes, "x.png", 30, 40, digits=2)  # as write_sample writes them
     assert doc["version"].startswith("5.")
     assert doc["imagePath"] == "x.png" and doc["imageData"] is None
     assert (doc["imageHeight"], doc["imageWidth"]) == (30, 40)
@@ -132,7 +134,7 @@ def test_write_sample_refuses_foreign_files_unless_overwrite(tmp_path):
 def test_cli_writes_sample_and_reports_errors(tmp_path, capsys):
     out = tmp_path / "sample"
     assert main(["--out", str(out), "--count", "2", "--size", "128", "--seed", "1"]) == 0
-    assert "2" in capsys.readouterr().out
+    assert capsys.readouterr().out == f"wrote 2 phantom images (128x128) with Labelme JSON to {out}\n"
     names = sorted(p.name for p in out.iterdir())
     expected = ["labels.txt"] + [f"phantom_00{i}.{ext}" for i in range(2) for ext in ("json", "png")]
     assert names == expected
