@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -11,14 +12,13 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import REPO
+from export_fixtures import CLASSES, SIZE, exported, tiny_run  # noqa: F401 (session fixtures, shared with export tests)
 from keras_unet.errors import ConfigError
-from test_export import CLASSES, SIZE, exported, tiny_run  # noqa: F401 (session fixtures, shared with export tests)
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_import_leaves_tensorflow_out():
-    code = ("import sys, keras_unet.edge, keras_unet.onnx_model; "
+    code = ("import sys, keras_unet.edge, keras_unet.cli.edge, keras_unet.infer.edge, keras_unet.infer.runtimes; "
             "loaded = [m for m in ('tensorflow', 'keras', 'tf_keras') if m in sys.modules]; "
             "assert not loaded, loaded")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -26,7 +26,7 @@ def test_import_leaves_tensorflow_out():
 
 
 def test_quantize_round_trip():
-    from keras_unet.edge import dequantize, quantize
+    from keras_unet.infer.runtimes import dequantize, quantize
 
     x = np.linspace(0, 1, 256, dtype=np.float32)
     q = quantize(x, 1 / 255, 0, np.uint8)
@@ -44,9 +44,9 @@ def val_images(tiny_run) -> list[np.ndarray]:
 
 def keras_segment(model, config, image: np.ndarray, tta: bool):
     """The Keras path: numpy preprocessing, model.predict, unletterbox, optional flip TTA, clean_masks."""
-    from keras_unet.config import flip_permutation
-    from keras_unet.postprocess import clean_masks
-    from keras_unet.preprocess import prepare, unletterbox
+    from keras_unet.classes import flip_permutation
+    from keras_unet.imaging.postprocess import clean_masks
+    from keras_unet.imaging.preprocess import prepare, unletterbox
 
     def probs(view):
         x, box = prepare(view, config)
@@ -61,28 +61,31 @@ def keras_segment(model, config, image: np.ndarray, tta: bool):
 @pytest.mark.parametrize("tta", [False, True])
 def test_edge_masks_equal_the_keras_path(exported, tiny_run, tta):
     pytest.importorskip("ai_edge_litert")
-    import keras
-
-    from keras_unet.edge import EdgeSegmenter
-    from keras_unet.export import load_run
+    from keras_unet.export.exporter import load_run
+    from keras_unet.infer.edge import EdgeSegmenter
 
     out, _ = exported
     model, config = load_run(tiny_run / "model.keras")
     segmenter = EdgeSegmenter(out / "model.tflite")
+    assert segmenter.config.postprocess.tta is False  # the run's setting; tta=True below switches flipping on
+    settings = dataclasses.replace(segmenter.config.postprocess, tta=tta)
+    flipping_changed = []
     for image in val_images(tiny_run):
-        probs, masks = segmenter.segment(image, tta=tta)
+        probs, masks = segmenter.segment(image, settings)
         want_probs, want_masks = keras_segment(model, config, image, tta)
         assert probs.shape == image.shape + (len(CLASSES),) and masks.dtype == np.uint8
         np.testing.assert_allclose(probs, want_probs, atol=1e-4)
         np.testing.assert_array_equal(masks, want_masks)
         assert masks.any(axis=(0, 1)).all()  # every class found: the comparison is not between empty masks
-    assert isinstance(model, keras.Model)
+        flipping_changed.append(not np.allclose(probs, keras_segment(model, config, image, False)[0], atol=1e-3))
+    assert all(flipping_changed) == tta  # with tta the flipped pass really went in; without, it did not
 
 
 def test_int8_model_takes_and_returns_uint8(exported, tiny_run):
     pytest.importorskip("ai_edge_litert")
-    from keras_unet.edge import EdgeSegmenter, TFLiteModel
-    from keras_unet.export import dice
+    from keras_unet.imaging.metrics import dice
+    from keras_unet.infer.edge import EdgeSegmenter
+    from keras_unet.infer.runtimes import TFLiteModel
 
     out, _ = exported
     model = TFLiteModel(out / "model_int8.tflite", num_threads=1)
@@ -100,7 +103,7 @@ def test_int8_model_takes_and_returns_uint8(exported, tiny_run):
 
 def test_metadata_must_sit_beside_the_model(exported, tmp_path):
     pytest.importorskip("ai_edge_litert")
-    from keras_unet.edge import EdgeSegmenter
+    from keras_unet.infer.edge import EdgeSegmenter
 
     out, _ = exported
     shutil.copy(out / "model.tflite", tmp_path / "model.tflite")
@@ -111,7 +114,7 @@ def test_metadata_must_sit_beside_the_model(exported, tmp_path):
 def test_command_line_writes_masks(exported, tiny_run, tmp_path):
     pytest.importorskip("ai_edge_litert")
     from keras_unet.config import load_config
-    from keras_unet.edge import EdgeSegmenter
+    from keras_unet.infer.edge import EdgeSegmenter
 
     out, _ = exported
     data = Path(load_config(tiny_run / "config.json").data) / "images"
