@@ -25,6 +25,11 @@ def run_main(main, argv=None) -> int:
         return 130
 
 
+def add_debug_option(parser) -> None:
+    """--debug, which every command takes: full tracebacks instead of one-line errors."""
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
 def add_inference_options(parser) -> None:
     """--model, --no-postprocess, --no-tta, --threshold and --no-refine, shared by evaluate.py and predict.py."""
     parser.add_argument("--model", required=True,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from keras_unet.cli.common import run_main
+from keras_unet.cli.common import add_debug_option, run_main
 from keras_unet.infer.edge import EdgeSegmenter, segment_files
 
 
@@ -17,7 +17,7 @@ def parse_args(argv):
     p.add_argument("--out", required=True, help="output folder: OUT/<class>/<image stem>.png (0/255)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for LiteRT (default: all cores)")
     p.add_argument("--no-tta", action="store_true", help="skip the horizontal-flip test-time augmentation")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_debug_option(p)
     return p.parse_args(argv)
 
 

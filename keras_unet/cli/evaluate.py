@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from keras_unet.cli.common import add_inference_options, load_for_inference, run_main
+from keras_unet.cli.common import add_debug_option, add_inference_options, load_for_inference, run_main
 from keras_unet.evaluate.score import evaluate, parse_spacing
 
 
@@ -19,7 +19,7 @@ def parse_args(argv):
     p.add_argument("--sweep", action="store_true", help="also report mean Dice per class at thresholds 0.1..0.9")
     p.add_argument("--classes", help="comma-separated subset of the model's classes to score (default: all)")
     p.add_argument("--overwrite", action="store_true", help="replace the report files in an existing --out")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_debug_option(p)
     return p.parse_args(argv)
 
 

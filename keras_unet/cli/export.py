@@ -5,7 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from keras_unet.cli.common import run_main
+from keras_unet.cli.common import add_debug_option, run_main
+from keras_unet.export.options import FORMATS, ExportOptions, parse_formats
+
+
+# flag -> (ExportOptions field, type, help); the defaults shown are ExportOptions' own
+LIMITS = {
+    "--calibration-images": ("calibration_images", int, "at most this many calibration images"),
+    "--parity-images": ("parity_images", int, "at most this many validation images for parity"),
+    "--int8-dice": ("int8_dice", float, "least Dice vs Keras for the int8 model"),
+    "--float-dice": ("float_dice", float, "least Dice vs Keras for float artefacts"),
+}
 
 
 def parse_args(argv):
@@ -13,17 +23,15 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="export.py", description=__doc__)
     p.add_argument("--model", required=True, help="the run's model.keras (config.json and split.json beside it)")
     p.add_argument("--out", required=True, help="export folder (created; refused if it exists unless --overwrite)")
-    p.add_argument("--formats", default="",
-                   help="comma-separated: saved_model,tflite,tflite_fp16,tflite_int8,onnx (default: all)")
+    p.add_argument("--formats", default="", help=f"comma-separated: {','.join(FORMATS)} (default: all)")
     p.add_argument("--calibration", help="folder of images (or a Labelme / image + masks/ folder) for int8 "
                                          "calibration (default: the run's training images); also used for parity "
                                          "when the run's data is not readable")
-    p.add_argument("--calibration-images", type=int, default=200, help="at most this many calibration images")
-    p.add_argument("--parity-images", type=int, default=50, help="at most this many validation images for parity")
-    p.add_argument("--int8-dice", type=float, default=0.98, help="least Dice vs Keras for the int8 model")
-    p.add_argument("--float-dice", type=float, default=0.999, help="least Dice vs Keras for float artefacts")
+    defaults = ExportOptions()
+    for flag, (field, kind, text) in LIMITS.items():
+        p.add_argument(flag, type=kind, default=getattr(defaults, field), dest=field, help=f"{text} (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_debug_option(p)
     return p.parse_args(argv)
 
 
@@ -31,7 +39,7 @@ def run(argv) -> int:
     """Export as the parsed arguments say; 1 when an artefact failed its parity gate."""
     args = parse_args(argv)
     # TensorFlow (heavy) is imported once the arguments are good
-    from keras_unet.export.exporter import ExportOptions, export_run, format_table, parity_failures, parse_formats
+    from keras_unet.export.exporter import export_run, format_table, parity_failures
 
     options = ExportOptions(formats=parse_formats(args.formats), calibration=args.calibration,
                             calibration_images=args.calibration_images, parity_images=args.parity_images,

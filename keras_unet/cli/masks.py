@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from keras_unet.cli.common import run_main
+from keras_unet.cli.common import add_debug_option, run_main
 from keras_unet.config import Config
 from keras_unet.data.masks import write_masks
 from keras_unet.data.samples import resolve_classes
@@ -24,7 +24,7 @@ def parse_args(argv):
                         help="pixel width of line and linestrip shapes (default %(default)s)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave out unusable annotation files (listed in OUT/skipped.txt) instead of stopping")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_debug_option(parser)
     return parser.parse_args(argv)
 
 

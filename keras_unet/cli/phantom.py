@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from keras_unet.cli.common import run_main
+from keras_unet.cli.common import add_debug_option, run_main
 from keras_unet.config import DEFAULT_DATA_DIR
 from keras_unet.data.phantom import write_sample
 
@@ -20,7 +20,7 @@ def parse_args(argv):
     parser.add_argument("--size", type=int, default=512, help="image side in pixels (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="write even if the folder holds other files")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_debug_option(parser)
     return parser.parse_args(argv)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from keras_unet.cli.common import add_inference_options, load_for_inference, run_main
+from keras_unet.cli.common import add_debug_option, add_inference_options, load_for_inference, run_main
 from keras_unet.infer.predict import predict_folder
 from keras_unet.infer.ranking import DEFAULT_TOP, rank_folder
 
@@ -26,7 +26,7 @@ def parse_args(argv):
                    "(OUT/<stem>.json) of the --top ones")
     p.add_argument("--top", type=int, help="with --rank: how many images get pre-annotations and are printed "
                    "(default 10)")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_debug_option(p)
     args = p.parse_args(argv)
     if args.top is not None and not args.rank:
         p.error("--top needs --rank")

@@ -4,41 +4,40 @@ from __future__ import annotations
 
 import argparse
 
-from keras_unet.cli.common import run_main
+from keras_unet.cli.common import add_debug_option, run_main
 from keras_unet.config import LOSSES, PRECISIONS, UPSAMPLING, Config, load_config, merge
 
 DEFAULTS = Config()
 
-# flag -> (setting it overrides, type, help); the help's default is read from Config, never written twice
-SETTINGS = {
-    "--data": ("data", str, "Labelme folder (or train/ and val/ subfolders)"),
-    "--image-size": ("image_size", int, "side of the square network input in pixels"),
-    "--batch-size": ("batch_size", int, "global batch size, over all devices"),
-    "--epochs": ("epochs", int, "number of epochs"),
-    "--learning-rate": ("learning_rate", float, "initial learning rate, cosine-decayed"),
-    "--loss": ("loss", str, f"training loss: {', '.join(LOSSES)}"),
-    "--out": ("out", str, "run directory"),
-    "--seed": ("seed", int, "random seed for the split, initialisation and augmentation"),
-    "--precision": ("precision", str, "auto: mixed_float16 with a GPU, float32 without"),
-    "--val-fraction": ("val_fraction", float, "share of images held back for validation"),
-    "--line-width": ("line_width", int, "pixel width of line and linestrip shapes"),
-    "--depth": ("model.depth", int, "U-Net levels"),
-    "--base-filters": ("model.base_filters", int, "filters of the first level, doubled per level"),
-    "--dropout": ("model.dropout", float, "spatial dropout at the bottleneck"),
-    "--upsampling": ("model.upsampling", str, "decoder upsampling"),
-    "--checkpoint": ("checkpoint", str, "model kept: the epoch with the best validation Dice, or the last epoch"),
-    "--early-stopping": ("early_stopping", int, "patience in epochs on validation Dice; 0 = off"),
-    "--cache-dir": ("cache_dir", str, "where generated masks are cached (empty: ~/.cache/keras_unet)"),
-    "--init-weights": ("init_weights", str, "start from an earlier model.keras, run folder or "
-                       "RUN/pretrain/body.weights.npz (layers whose name and weight shapes match)"),
-    "--pretrain": ("pretrain_data", str, "first pretrain the U-Net on the images in this folder (unlabelled; "
-                   "inpainting), then train from it"),
-    "--pretrain-epochs": ("pretrain.epochs", int, "epochs of --pretrain"),
-    "--self-train": ("self_train.data", str, "self-training: train a teacher, label the images in this folder "
-                     "(unlabelled) with it, then train the run's model on both"),
-    "--self-train-epochs": ("self_train.epochs", int, "epochs of the self-trained model over labelled + "
-                            "pseudo-labelled images"),
-}
+# flag, the setting it overrides, its type, help; the help's default is read from Config, never written twice
+SETTINGS_TABLE = """
+--data              data                str    Labelme folder (or train/ and val/ subfolders)
+--image-size        image_size          int    side of the square network input in pixels
+--batch-size        batch_size          int    global batch size, over all devices
+--epochs            epochs              int    number of epochs
+--learning-rate     learning_rate       float  initial learning rate, cosine-decayed
+--loss              loss                str    training loss
+--out               out                 str    run directory
+--seed              seed                int    random seed for the split, initialisation and augmentation
+--precision         precision           str    auto: mixed_float16 with a GPU, float32 without
+--val-fraction      val_fraction        float  share of images held back for validation
+--line-width        line_width          int    pixel width of line and linestrip shapes
+--depth             model.depth         int    U-Net levels
+--base-filters      model.base_filters  int    filters of the first level, doubled per level
+--dropout           model.dropout       float  spatial dropout at the bottleneck
+--upsampling        model.upsampling    str    decoder upsampling
+--checkpoint        checkpoint          str    model kept: the epoch with the best validation Dice, or the last epoch
+--early-stopping    early_stopping      int    patience in epochs on validation Dice; 0 = off
+--cache-dir         cache_dir           str    where generated masks are cached (empty: ~/.cache/keras_unet)
+--init-weights      init_weights        str    start from a model.keras, run folder or RUN/pretrain/body.weights.npz (matching layers)
+--pretrain          pretrain_data       str    first pretrain on the unlabelled images in this folder (inpainting)
+--pretrain-epochs   pretrain.epochs     int    epochs of --pretrain
+--self-train        self_train.data     str    self-training: a teacher labels these unlabelled images, then train on both
+--self-train-epochs self_train.epochs   int    epochs of the self-trained model over labelled + pseudo-labelled images
+"""
+TYPES = {"str": str, "int": int, "float": float}
+SETTINGS = {flag: (key, TYPES[kind], text) for flag, key, kind, text in
+            (line.split(maxsplit=3) for line in SETTINGS_TABLE.strip().splitlines())}
 CHOICES = {"--loss": LOSSES, "--precision": PRECISIONS, "--upsampling": UPSAMPLING, "--checkpoint": ("best", "last")}
 
 
@@ -64,7 +63,7 @@ def parse_args(argv):
     p.add_argument("--skip-bad", action="store_true",
                    help="train on the usable annotation files; list the others in RUN/skipped.txt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_debug_option(p)
     return p.parse_args(argv)
 
 

@@ -16,7 +16,6 @@ import importlib.util
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from keras_unet.config import Config
 from keras_unet.data.samples import load_samples, prepare_samples
 from keras_unet.errors import ConfigError, DataError, KerasUnetError
 from keras_unet.export.convert import FILES, INPUT_NAME, write_artifact, write_saved_model
+from keras_unet.export.options import ExportOptions
 from keras_unet.export.parity import PARITY_THRESHOLD, compare, latency_ms, load_batch, predict_all, runner
 from keras_unet.infer.load import read_settings
 from keras_unet.infer.runtimes import keras_network
@@ -34,49 +34,8 @@ from keras_unet.io.files import build_folder, check_out_dir, folder_bytes, human
 from keras_unet.model.saving import float32_model, load_model
 from keras_unet.run_folder import CONFIG_FILE, METADATA_FILE, MODEL_FILE, SPLIT_FILE
 
-FORMATS = ("saved_model", "tflite", "tflite_fp16", "tflite_int8", "onnx")
 PRECISION = {"saved_model": "float32", "tflite": "float32", "tflite_fp16": "float16 weights, float32 compute",
              "tflite_int8": "int8 (full integer, uint8 input and output)", "onnx": "float32"}
-
-
-@dataclass
-class ExportOptions:
-    """What to export and how strictly to check it."""
-
-    formats: tuple = FORMATS
-    calibration: str | None = None  # folder of images for int8 calibration (and parity when the data is absent)
-    calibration_images: int = 200
-    parity_images: int = 50
-    int8_dice: float = 0.98
-    float_dice: float = 0.999
-    overwrite: bool = False
-
-    def validate(self) -> "ExportOptions":
-        """Raise ConfigError on the first option that cannot work."""
-        unknown = [f for f in self.formats if f not in FORMATS]
-        checks = [
-            (bool(self.formats), "--formats names no format"),
-            (not unknown, f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}"),
-            (self.calibration_images >= 1, f"--calibration-images must be at least 1, got {self.calibration_images}"),
-            (self.parity_images >= 1, f"--parity-images must be at least 1, got {self.parity_images}"),
-            (0.0 <= self.int8_dice <= 1.0, f"--int8-dice must be between 0 and 1, got {self.int8_dice}"),
-            (0.0 <= self.float_dice <= 1.0, f"--float-dice must be between 0 and 1, got {self.float_dice}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        return self
-
-
-def parse_formats(text: str | None) -> tuple:
-    """Format names from 'tflite,onnx' (None or empty: all), in the canonical order."""
-    if not text:
-        return FORMATS
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in FORMATS]
-    if unknown:
-        raise ConfigError(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
-    return tuple(f for f in FORMATS if f in names)
 
 
 def check_packages(formats) -> None:

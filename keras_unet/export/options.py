@@ -1,0 +1,49 @@
+"""What to export and how strictly to check it (no TensorFlow here: the command line reads its defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from keras_unet.errors import ConfigError
+
+FORMATS = ("saved_model", "tflite", "tflite_fp16", "tflite_int8", "onnx")
+
+
+@dataclass
+class ExportOptions:
+    """What to export and how strictly to check it."""
+
+    formats: tuple = FORMATS
+    calibration: str | None = None  # folder of images for int8 calibration (and parity when the data is absent)
+    calibration_images: int = 200
+    parity_images: int = 50
+    int8_dice: float = 0.98
+    float_dice: float = 0.999
+    overwrite: bool = False
+
+    def validate(self) -> "ExportOptions":
+        """Raise ConfigError on the first option that cannot work."""
+        unknown = [f for f in self.formats if f not in FORMATS]
+        checks = [
+            (bool(self.formats), "--formats names no format"),
+            (not unknown, f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}"),
+            (self.calibration_images >= 1, f"--calibration-images must be at least 1, got {self.calibration_images}"),
+            (self.parity_images >= 1, f"--parity-images must be at least 1, got {self.parity_images}"),
+            (0.0 <= self.int8_dice <= 1.0, f"--int8-dice must be between 0 and 1, got {self.int8_dice}"),
+            (0.0 <= self.float_dice <= 1.0, f"--float-dice must be between 0 and 1, got {self.float_dice}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+
+def parse_formats(text: str | None) -> tuple:
+    """Format names from 'tflite,onnx' (None or empty: all), in the canonical order."""
+    if not text:
+        return FORMATS
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in FORMATS]
+    if unknown:
+        raise ConfigError(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+    return tuple(f for f in FORMATS if f in names)
