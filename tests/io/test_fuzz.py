@@ -8,9 +8,9 @@ import numpy as np
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from keras_unet import annotations as ann
-from keras_unet import masks
+from keras_unet.data.rasterize import rasterize
 from keras_unet.errors import KerasUnetError
+from keras_unet.io import labelme
 from labelme_factory import document, gradient, png_bytes, shape
 
 CLASSES = ["rib", "clavicle"]
@@ -28,7 +28,7 @@ anything = st.recursive(
     max_leaves=12,
 )
 points = st.lists(st.one_of(st.lists(numbers, min_size=2, max_size=2), anything), max_size=6)
-shape_types = st.one_of(st.sampled_from(ann.SHAPE_TYPES), st.none(), st.text(max_size=6), anything)
+shape_types = st.one_of(st.sampled_from(labelme.SHAPE_TYPES), st.none(), st.text(max_size=6), anything)
 labels = st.one_of(st.sampled_from(["rib", "clavicle", "heart", "", "__ignore__"]), anything)
 
 
@@ -58,9 +58,9 @@ def documents(draw):
 
 def _check(path, tmp_path):
     try:
-        annotation = ann.read_labelme(path, tmp_path)
-        out, _ = masks.rasterize(annotation, CLASSES, line_width=3)
-        ann.load_image(annotation)
+        annotation = labelme.read_labelme(path, tmp_path)
+        out, _ = rasterize(annotation, CLASSES, line_width=3)
+        labelme.load_image(annotation)
     except KerasUnetError:
         return
     assert out.shape == (annotation.height, annotation.width, len(CLASSES))

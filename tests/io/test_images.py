@@ -1,14 +1,15 @@
-"""keras_unet.images: every supported file format comes out as one 2-D grayscale array."""
+"""keras_unet.io.images: every supported file format comes out as one 2-D grayscale array."""
 
 import io
 import struct
+import zlib
 
 import cv2
 import numpy as np
 import pytest
 
-from keras_unet import images
 from keras_unet.errors import DataError
+from keras_unet.io import images
 from labelme_factory import gradient, write_image
 
 PIL_Image = pytest.importorskip("PIL.Image")
@@ -158,14 +159,26 @@ def test_truncated(tmp_path, suffix):
     assert f"cut{suffix}" in message and "truncated" in message
 
 
-def test_too_large_refused_from_header(tmp_path):
-    # A PNG header claiming 20000 x 20000 pixels: refused before any decoding.
-    ihdr = struct.pack(">II", 20000, 20000) + bytes([8, 0, 0, 0, 0])
-    data = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + b"\0" * 4
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+@pytest.mark.parametrize("width, height", [(20000, 20000), (12000, 9000)])  # past Pillow's bomb guard; past ours only
+def test_too_large_refused_from_header(tmp_path, monkeypatch, width, height):
+    # A small, well-formed PNG whose header claims more than MAX_PIXELS pixels: refused before any decoding.
+    ihdr = struct.pack(">II", width, height) + bytes([8, 0, 0, 0, 0])
+    idat = zlib.compress(b"\0" * 100)
+    data = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
     path = tmp_path / "huge.png"
     path.write_bytes(data)
-    message = _error(images.read_image, path)
-    assert "huge.png" in message and "limit" in message
+
+    def no_decoding(*args):
+        raise AssertionError("the image was decoded")
+
+    monkeypatch.setattr(images.cv2, "imdecode", no_decoding)
+    for call in (images.read_image, lambda p: images.image_dimensions(p.read_bytes(), p)):
+        message = _error(call, path)
+        assert "huge.png" in message and "more than the 100,000,000 limit" in message
 
 
 def test_too_large_refused_after_decode(tmp_path, monkeypatch):
