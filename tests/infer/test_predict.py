@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import predict
 from helpers import CLASSES, blob_run, blob_scene, tiny_run  # noqa: F401 (fixtures)
-from keras_unet import annotations as ann
-from keras_unet import images, masks
-from keras_unet.cli import run_main
+from keras_unet.cli import predict as predict_cli
+from keras_unet.data.rasterize import rasterize
+from keras_unet.io import images
+from keras_unet.io.labelme import read_labelme
 from labelme_factory import dice, write_image
 
 SHAPES = [(70, 110), (96, 64), (80, 80)]
@@ -26,7 +26,7 @@ def inputs(tmp_path) -> Path:
 
 
 def _run(*argv) -> int:
-    return run_main(predict.main, [str(a) for a in argv])
+    return predict_cli.main([str(a) for a in argv])
 
 
 def test_labelme_files_trace_the_predicted_masks(blob_run, inputs, tmp_path):  # noqa: F811
@@ -40,9 +40,9 @@ def test_labelme_files_trace_the_predicted_masks(blob_run, inputs, tmp_path):  #
         assert images.read_image(out / "overlays" / f"{stem}.png").shape[1] == w
         document = json.loads((out / f"{stem}.json").read_text())
         assert document["imagePath"] == f"../../in/{stem}.png"  # relative to the JSON's folder
-        annotation = ann.read_labelme(out / f"{stem}.json")
+        annotation = read_labelme(out / f"{stem}.json")
         assert annotation.image_path.resolve() == (inputs / f"{stem}.png").resolve()
-        traced, _ = masks.rasterize(annotation, CLASSES)
+        traced, _ = rasterize(annotation, CLASSES)
         for c in range(len(CLASSES)):
             assert dice(traced[..., c], predicted[..., c]) >= 0.98
 
@@ -63,11 +63,17 @@ def test_refuses_to_overwrite_and_takes_a_single_file(tiny_run, inputs, tmp_path
     args = ["--model", tiny_run / "model.keras", "--input", inputs / "scene_1.png", "--out", out, "--no-postprocess"]
     assert _run(*args) == 0
     assert [p.name for p in (out / "rib").iterdir()] == ["scene_1.png"]
+    first = {name: (out / name / "scene_1.png").read_bytes() for name in CLASSES}
     capsys.readouterr()
     assert _run(*args) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "already exists" in err and len(err.strip().splitlines()) == 1
+    assert err == (f"error: {out}: output folder already exists and holds files (left_clavicle, overlays, rib, ...); "
+                   "use another --out, or --overwrite to replace them\n")
+    for name in CLASSES:
+        (out / name / "scene_1.png").write_bytes(b"stale")  # refused above, so still the first run's: make it stale
     assert _run(*args, "--overwrite") == 0
+    for name in CLASSES:  # --overwrite really wrote the masks again, and the same ones
+        assert (out / name / "scene_1.png").read_bytes() == first[name]
 
 
 def test_missing_input_is_a_one_line_error(tiny_run, tmp_path, capsys):  # noqa: F811
