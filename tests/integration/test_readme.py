@@ -1,0 +1,29 @@
+"""The README's Python examples run as written: the Deploy snippet in a process where TensorFlow cannot load."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+
+from conftest import REPO, SAMPLE_DIR
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+
+
+def test_the_deploy_snippet_runs_with_litert_alone(tmp_path):
+    snippet = next(block for block in python_blocks() if "EdgeSegmenter" in block)
+    shutil.copytree(REPO / "tests" / "fixtures" / "v0_1" / "export", tmp_path / "export")
+    shutil.copy(SAMPLE_DIR / "phantom_000.png", tmp_path / "chest.png")
+    fake = tmp_path / "no_tensorflow"
+    for name in ("tensorflow", "keras"):
+        (fake / name).mkdir(parents=True)
+        (fake / name / "__init__.py").write_text(f"raise ImportError('{name} is not installed on this device')\n")
+    check = "\nprint(masks.shape, masks.dtype, int(masks.sum() > 0), probs.shape)\n"
+    out = subprocess.run([sys.executable, "-c", snippet + check], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PYTHONPATH": f"{fake}:{REPO}", "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "(512, 512, 3) uint8 1 (512, 512, 3)", out.stdout
