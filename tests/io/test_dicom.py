@@ -1,4 +1,4 @@
-"""DICOM in: LUTs, inversion, spacing and clear errors (keras_unet.dicom), and every command reading .dcm files."""
+"""DICOM in: LUTs, inversion, spacing and clear errors (keras_unet.io.dicom), and every command reading .dcm files."""
 
 import csv
 import json
@@ -11,15 +11,14 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless
 
-import evaluate
-import predict
 from conftest import REPO
 from helpers import CLASSES, blob_run, blob_scene, write_dicom  # noqa: F401 (fixtures)
-from keras_unet import annotations as ann
-from keras_unet import dicom, images, inference
-from keras_unet import masks as masks_module
-from keras_unet.cli import run_main
+from keras_unet.cli import evaluate as evaluate_cli
+from keras_unet.cli import masks as masks_cli
+from keras_unet.cli import predict as predict_cli
+from keras_unet.data.samples import prepare_samples
 from keras_unet.errors import DataError
+from keras_unet.io import dicom, images, labelme
 from labelme_factory import document, shape, write_image, write_json
 
 STORED = np.array([[0, 500], [1000, 1500]], np.uint16)
@@ -132,19 +131,19 @@ def test_size_listing_and_labelme_size_from_the_dicom(tmp_path):
     write_dicom(folder / "1.2.840.99", np.zeros((4, 5), np.uint16))  # a DICOM named as scanners name them
     write_image(folder / "b.png", np.zeros((3, 3), np.uint8))
     (folder / "notes.txt").write_text("not an image")
-    assert [p.name for p in inference.list_images(folder)] == ["1.2.840.99", "a.dcm", "b.png"]
+    assert [p.name for p in images.list_images(folder)] == ["1.2.840.99", "a.dcm", "b.png"]
     data = (folder / "a.dcm").read_bytes()
     assert images.image_dimensions(data, folder / "a.dcm") == (20, 30)
     undeclared = document([shape("rib", [[1, 1], [9, 1], [9, 9]])], "a.dcm", height=None, width=None)
-    annotation = ann.read_labelme(write_json(folder / "a.json", undeclared))
+    annotation = labelme.read_labelme(write_json(folder / "a.json", undeclared))
     assert (annotation.height, annotation.width) == (20, 30)
-    assert ann.load_image(annotation).shape == (20, 30)
+    assert labelme.load_image(annotation).shape == (20, 30)
     embedded = document([shape("rib", [[1, 1], [9, 1], [9, 9]])], None, height=None, width=None, image_data=data)
-    annotation = ann.read_labelme(write_json(tmp_path / "embedded.json", embedded))
-    assert (annotation.height, annotation.width) == (20, 30) and ann.load_image(annotation).dtype == np.uint16
+    annotation = labelme.read_labelme(write_json(tmp_path / "embedded.json", embedded))
+    assert (annotation.height, annotation.width) == (20, 30) and labelme.load_image(annotation).dtype == np.uint16
     wrong = write_json(folder / "w.json", document([shape("rib", [[1, 1], [9, 1], [9, 9]])], "a.dcm", 20, 31))
     with pytest.raises(DataError, match="image is 30x20 but the annotation says 31x20"):
-        ann.check_image_size(ann.read_labelme(wrong))
+        labelme.check_image_size(labelme.read_labelme(wrong))
 
 
 # -- errors -------------------------------------------------------------------------------------------------
@@ -215,10 +214,10 @@ def test_bad_dicom_named_by_labelme_is_listed_by_the_mask_generator(tmp_path, ca
     write_json(folder / "good.json", document(rib, "good.dcm"))
     (folder / "bad.dcm").write_text("not dicom")
     write_json(folder / "bad.json", document(rib, "bad.dcm"))
-    assert masks_module.main([str(folder), "--classes", "rib", "--out", str(tmp_path / "out")]) == 2
+    assert masks_cli.main([str(folder), "--classes", "rib", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert f"  {folder / 'bad.json'}: {folder / 'bad.dcm'}: not a DICOM file (no 'DICM' marker at byte 128)" in err
-    assert masks_module.main([str(folder), "--classes", "rib", "--out", str(tmp_path / "out"), "--skip-bad"]) == 0
+    assert masks_cli.main([str(folder), "--classes", "rib", "--out", str(tmp_path / "out"), "--skip-bad"]) == 0
     assert (tmp_path / "out" / "rib" / "good.png").is_file()
 
 
@@ -226,7 +225,7 @@ def test_the_library_imports_and_reads_pngs_without_pydicom(tmp_path):
     png = write_image(tmp_path / "x.png", STORED)
     write_dicom(tmp_path / "x.dcm", STORED)
     code = ("import sys; sys.modules['pydicom'] = None\n"
-            "from keras_unet import images\n"
+            "from keras_unet.io import images\n"
             "from keras_unet.errors import DataError\n"
             f"assert images.read_image({str(png)!r}).shape == (2, 2)\n"
             "try:\n"
@@ -241,7 +240,7 @@ def test_bad_dicom_in_predict_is_one_line(blob_run, tmp_path, capsys):  # noqa: 
     folder = tmp_path / "in"
     write_dicom(folder / "good.dcm", blob_scene(np.random.default_rng(0), 40, 40)[0].astype(np.uint16))
     (folder / "bad.dcm").write_text("not dicom")
-    assert run_main(predict.main, ["--model", str(blob_run), "--input", str(folder), "--out", str(tmp_path / "o")]) == 1
+    assert predict_cli.main(["--model", str(blob_run), "--input", str(folder), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert f"skipped: {folder / 'bad.dcm'}: not a DICOM file (no 'DICM' marker at byte 128)" in err
     assert "Traceback" not in err and (tmp_path / "o" / "rib" / "good.png").is_file()
@@ -295,7 +294,7 @@ def test_mask_generator_gives_identical_masks(tmp_path):
     png, dcm = _scenes(tmp_path)
     for folder in (png, dcm):
         out = tmp_path / f"masks_{folder.name}"
-        assert masks_module.main([str(folder), "--classes", ",".join(CLASSES), "--out", str(out)]) == 0
+        assert masks_cli.main([str(folder), "--classes", ",".join(CLASSES), "--out", str(out)]) == 0
     from_png, from_dcm = _files(tmp_path / "masks_png"), _files(tmp_path / "masks_dcm")
     assert len(from_png) == 9 and from_png == from_dcm
 
@@ -305,19 +304,18 @@ def test_predict_gives_identical_masks_and_labelme_files(blob_run, tmp_path):  #
     for folder in (png, dcm):
         argv = ["--model", str(blob_run), "--input", str(folder), "--out", str(tmp_path / f"out_{folder.name}"),
                 "--labelme"]
-        assert run_main(predict.main, argv) == 0
+        assert predict_cli.main(argv) == 0
     from_png, from_dcm = _files(tmp_path / "out_png"), _files(tmp_path / "out_dcm")
     assert len(from_png) == 12 and from_png == from_dcm  # 3 classes + overlays, 3 images
-    annotation = ann.read_labelme(tmp_path / "out_dcm" / "scene_0.json")
+    annotation = labelme.read_labelme(tmp_path / "out_dcm" / "scene_0.json")
     assert annotation.image_path.name == "scene_0.dcm" and (annotation.height, annotation.width) == (72, 100)
 
 
 def test_evaluate_uses_the_dicom_spacing_and_the_option_overrides_it(blob_run, tmp_path, capsys):  # noqa: F811
     png, dcm = _scenes(tmp_path, PixelSpacing=[0.5, 0.25])
     common = ["--model", str(blob_run), "--no-tta"]
-    assert run_main(evaluate.main, [*common, "--data", str(png), "--out", str(tmp_path / "p"), "--spacing",
-                                    "0.5,0.25"]) == 0
-    assert run_main(evaluate.main, [*common, "--data", str(dcm), "--out", str(tmp_path / "d")]) == 0
+    assert evaluate_cli.main([*common, "--data", str(png), "--out", str(tmp_path / "p"), "--spacing", "0.5,0.25"]) == 0
+    assert evaluate_cli.main([*common, "--data", str(dcm), "--out", str(tmp_path / "d")]) == 0
     assert "HD95 mm" in capsys.readouterr().out
     rows_png, rows_dcm = _csv(tmp_path / "p" / "metrics.csv"), _csv(tmp_path / "d" / "metrics.csv")
     assert len(rows_png) == 9 and [list(r) for r in rows_png] == [list(r) for r in rows_dcm]
@@ -330,31 +328,31 @@ def test_evaluate_uses_the_dicom_spacing_and_the_option_overrides_it(blob_run, t
     assert summary["settings"]["spacing_mm"] == [0.5, 0.25] and summary["settings"]["spacing_from"] == "DICOM"
     assert "spacing 0.5 x 0.25 mm (from the DICOM files)" in (tmp_path / "d" / "report.md").read_text()
 
-    assert run_main(evaluate.main, [*common, "--data", str(dcm), "--out", str(tmp_path / "o"), "--spacing", "1"]) == 0
+    assert evaluate_cli.main([*common, "--data", str(dcm), "--out", str(tmp_path / "o"), "--spacing", "1"]) == 0
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["settings"]["spacing_mm"] == [1.0, 1.0] and summary["settings"]["spacing_from"] == "--spacing"
     rows = _csv(tmp_path / "o" / "metrics.csv")
     finite = [r for r in rows if float(r["hd95"]) < float("inf")]
     assert finite and all(float(r["hd95_mm"]) == pytest.approx(float(r["hd95"])) for r in finite)
 
-    assert run_main(evaluate.main, [*common, "--data", str(png), "--out", str(tmp_path / "n")]) == 0
+    assert evaluate_cli.main([*common, "--data", str(png), "--out", str(tmp_path / "n")]) == 0
     assert "hd95_mm" not in _csv(tmp_path / "n" / "metrics.csv")[0]  # PNGs without --spacing: pixels only
 
 
 def test_cache_follows_a_changed_dicom(tmp_path):
     _, dcm = _scenes(tmp_path, count=2, PixelSpacing=[0.5, 0.5])
     lines = []
-    first = masks_module.prepare_samples(dcm, CLASSES, log=lines.append)
+    first = prepare_samples(dcm, CLASSES, log=lines.append)
     assert [s.spacing for s in first] == [(0.5, 0.5)] * 2 and "2 regenerated" in lines[-1]
     cached = images.read_image(first[0].image_path)
     assert cached.dtype == np.uint16 and first[0].image_path.suffix == ".png"
     np.testing.assert_array_equal(cached, images.read_image(dcm / "scene_0.dcm"))
-    again = masks_module.prepare_samples(dcm, CLASSES, log=lines.append)
+    again = prepare_samples(dcm, CLASSES, log=lines.append)
     assert "0 regenerated" in lines[-1] and [s.spacing for s in again] == [(0.5, 0.5)] * 2
     scene = np.full((72, 100), 40, np.uint8)
     scene[0, 0] = 200
     scene_as_dicom(dcm / "scene_0.dcm", scene, PixelSpacing=[0.3, 0.2])
-    changed = masks_module.prepare_samples(dcm, CLASSES, log=lines.append)
+    changed = prepare_samples(dcm, CLASSES, log=lines.append)
     assert "1 regenerated" in lines[-1] and changed[0].spacing == (0.3, 0.2) and changed[1].spacing == (0.5, 0.5)
     np.testing.assert_array_equal(images.read_image(changed[0].image_path), scene.astype(np.uint16) * 257)
 
@@ -365,14 +363,14 @@ def test_image_and_mask_folder_with_dicom_images(tmp_path):
     scene_as_dicom(folder / "scan.dcm", scene, ImagerPixelSpacing=[0.2, 0.2])
     for c, name in enumerate(CLASSES):
         write_image(folder / "masks" / name / "scan.png", truth[..., c] * np.uint8(255))
-    (sample,) = masks_module.prepare_samples(folder, CLASSES, log=None)
+    (sample,) = prepare_samples(folder, CLASSES, log=None)
     assert sample.spacing == (0.2, 0.2) and sample.image_path.suffix == ".png"
     np.testing.assert_array_equal(images.read_image(sample.image_path), scene.astype(np.uint16) * 257)
 
 
 def test_labelme_naming_a_dicom_trains_one_epoch(tmp_path):
     from keras_unet.config import Config, merge
-    from keras_unet.training import train
+    from keras_unet.train.run import train
 
     _, dcm = _scenes(tmp_path, count=4)
     config = merge(Config(data=str(dcm), out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
