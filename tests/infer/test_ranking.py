@@ -1,4 +1,4 @@
-"""keras_unet.ranking and `predict.py --rank`: uncertainty scores, ranking order, ranking.csv, pre-annotations."""
+"""keras_unet.infer.ranking and `predict.py --rank`: uncertainty scores, ranking order, ranking.csv, pre-annotations."""
 
 import csv
 import json
@@ -8,14 +8,16 @@ import cv2
 import numpy as np
 import pytest
 
-import predict
 from helpers import CLASSES, SIZE, blob_run, blob_scene, tiny_config, tiny_run  # noqa: F401 (fixtures)
-from keras_unet import annotations as ann
-from keras_unet import masks as masks_module
-from keras_unet import ranking
-from keras_unet.cli import run_main
-from keras_unet.inference import load_predictor
-from keras_unet.segmenter import Predictor
+from keras_unet.cli import predict as predict_cli
+from keras_unet.data.rasterize import rasterize
+from keras_unet.errors import DataError
+from keras_unet.imaging.metrics import soft_dice
+from keras_unet.infer import ranking
+from keras_unet.infer.load import load_predictor
+from keras_unet.infer.predictor import Predictor
+from keras_unet.io import images
+from keras_unet.io.labelme import load_image, read_labelme
 from labelme_factory import dice, document, write_image, write_json
 
 
@@ -38,7 +40,7 @@ def _entropy(p: float) -> float:
 
 
 def _run(*argv) -> int:
-    return run_main(predict.main, [str(a) for a in argv])
+    return predict_cli.main([str(a) for a in argv])
 
 
 # -- scores on hand-made probability maps --------------------------------------------------------------
@@ -60,10 +62,10 @@ def test_entropy_term_on_a_tiny_example_by_hand():
 
 def test_soft_dice_by_hand():
     # 2 (0.8*0.6 + 0.2*0.4) / (0.8^2 + 0.2^2 + 0.6^2 + 0.4^2) = 1.12 / 1.2
-    assert ranking.soft_dice([0.8, 0.2], [0.6, 0.4]) == pytest.approx(1.12 / 1.2)
-    assert ranking.soft_dice([0.3, 0.7], [0.3, 0.7]) == pytest.approx(1.0)
-    assert ranking.soft_dice([1.0, 0.0], [0.0, 1.0]) == 0.0
-    assert ranking.soft_dice([0.0], [0.0]) == 1.0
+    assert soft_dice([0.8, 0.2], [0.6, 0.4]) == pytest.approx(1.12 / 1.2)
+    assert soft_dice([0.3, 0.7], [0.3, 0.7]) == pytest.approx(1.0)
+    assert soft_dice([1.0, 0.0], [0.0, 1.0]) == 0.0
+    assert soft_dice([0.0], [0.0]) == 1.0
 
 
 def test_confident_map_scores_low_and_half_probabilities_score_high():
@@ -85,7 +87,7 @@ def test_flip_disagreement_raises_the_score():
     a, b = plain, _blob(centre=(20, 24))
     region = ranking.uncertainty_region([a, b])
     h = ranking.binary_entropy((a[region] + b[region]) / 2).mean()
-    d = 1 - ranking.soft_dice(a[region], b[region])
+    d = 1 - soft_dice(a[region], b[region])
     assert shifted == pytest.approx(1 - (1 - h) * (1 - d))
 
 
@@ -113,7 +115,7 @@ def test_class_scores_and_image_score():
 
 
 def test_passes_are_at_network_resolution_and_average_to_the_tta_probabilities():
-    from test_inference import StubNetwork  # asymmetric, so the mirrored pass differs from the plain one
+    from test_predictor import StubNetwork  # asymmetric, so the mirrored pass differs from the plain one
 
     predictor = Predictor(StubNetwork(3), tiny_config())
     image = blob_scene(np.random.default_rng(2), 40, 70)[0]
@@ -152,8 +154,6 @@ def test_rank_images_raises_on_a_bad_image_or_reports_it(tmp_path):
     good = write_image(tmp_path / "good.png", np.full((30, 50), 200, np.uint8))
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
-    from keras_unet.errors import DataError
-
     with pytest.raises(DataError):
         ranking.rank_images(predictor, [good, bad])
     errors = []
@@ -197,14 +197,14 @@ def test_write_ranking_csv_and_pre_annotations(blob_run, scenes, tmp_path):  # n
     scene = ranked[1].path  # a blob scene: its pre-annotation has the model's polygons
     document_ = json.loads((out / f"{scene.stem}.json").read_text())
     assert document_["imagePath"] == f"../in/{scene.name}"
-    annotation = ann.read_labelme(out / f"{scene.stem}.json")
+    annotation = read_labelme(out / f"{scene.stem}.json")
     assert annotation.image_path.resolve() == scene.resolve()
-    traced, _ = masks_module.rasterize(annotation, CLASSES)
-    _, predicted = predictor.segment(ann.load_image(annotation))
+    traced, _ = rasterize(annotation, CLASSES)
+    _, predicted = predictor.segment(load_image(annotation))
     assert {s.label for s in annotation.shapes} == set(CLASSES)
     for c in range(len(CLASSES)):
         assert dice(traced[..., c], predicted[..., c]) >= 0.98
-    assert ann.read_labelme(out / "blank.json").shapes == []
+    assert read_labelme(out / "blank.json").shapes == []
 
 
 def test_write_ranking_refuses_colliding_stems_among_the_top(tmp_path):
@@ -212,8 +212,6 @@ def test_write_ranking_refuses_colliding_stems_among_the_top(tmp_path):
     a = write_image(tmp_path / "a" / "x.png", np.full((20, 20), 140, np.uint8))
     b = write_image(tmp_path / "b" / "x.png", np.full((20, 20), 150, np.uint8))
     ranked = ranking.rank_images(predictor, [a, b])
-    from keras_unet.errors import DataError
-
     with pytest.raises(DataError, match="same stem"):
         ranking.write_ranking(ranked, tmp_path / "out", predictor, top=2)
     assert not (tmp_path / "out").exists()
@@ -269,7 +267,7 @@ def test_predict_rank_end_to_end(blob_run, scenes, tmp_path, capsys):  # noqa: F
     assert len(jsons) == 2 and "blank.json" in jsons and "scene_2.json" not in jsons
     assert not any(p.is_dir() for p in out.iterdir())  # no mask folders or overlays with --rank
     for name in jsons:
-        annotation = ann.read_labelme(out / name)
+        annotation = read_labelme(out / name)
         assert annotation.image_path.resolve() == (scenes / name.replace(".json", ".png")).resolve()
     top = [line for line in captured.out.splitlines() if line.startswith(("   1 ", "   2 "))]
     assert len(top) == 2 and "blank.png" in top[0]
@@ -281,7 +279,18 @@ def test_predict_rank_keeps_the_output_folder_safe_and_checks_options(tiny_run, 
     assert _run(*args) == 0  # a trained U-Net, with test-time flipping: two passes
     with open(out / "ranking.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 4 and all(0.0 <= float(row["score"]) <= 1.0 for row in rows)
+    assert sorted(Path(row["image"]).name for row in rows) == sorted(p.name for p in scenes.glob("*.png"))
+    predictor = load_predictor(tiny_run / "model.keras")
+    one_pass_differs = []
+    for row in rows:  # each score is that of the plain and the mirrored pass of the run's model, by hand
+        passes = predictor.predict_passes(images.read_image(row["image"]), tta=True)
+        assert len(passes) == 2
+        by_class = {c: ranking.class_score([p[..., k] for p in passes]) for k, c in enumerate(CLASSES)}
+        assert [float(row[c]) for c in CLASSES] == pytest.approx(list(by_class.values()), abs=2e-6)
+        assert float(row["score"]) == pytest.approx(np.mean(list(by_class.values())), abs=2e-6)
+        plain = np.mean([ranking.class_score([passes[0][..., k]]) for k in range(len(CLASSES))])
+        one_pass_differs.append(abs(plain - float(row["score"])) > 1e-4)
+    assert any(one_pass_differs)  # the mirrored pass went into the scores
     assert len(list(out.glob("*.json"))) == 4  # fewer images than the default top 10
     capsys.readouterr()
     assert _run(*args) == 2
