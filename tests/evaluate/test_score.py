@@ -1,4 +1,4 @@
-"""evaluate.py / keras_unet.evaluation: same scores from Labelme or mask ground truth, the report folder, the sweep."""
+"""evaluate.py / keras_unet.evaluate.score: the same scores from Labelme or mask truth, the report folder, the sweep."""
 
 import csv
 import json
@@ -8,16 +8,17 @@ import cv2
 import numpy as np
 import pytest
 
-import evaluate
 from conftest import SAMPLE_DIR
 from helpers import CLASSES, blob_run, blob_scene, tiny_run  # noqa: F401 (fixtures)
-from keras_unet import annotations as ann
-from keras_unet import masks as masks_module
-from keras_unet.cli import run_main
+from keras_unet.cli import evaluate as evaluate_cli
+from keras_unet.data.rasterize import rasterize
 from keras_unet.errors import ConfigError
-from keras_unet.evaluation import evaluate as run_evaluation
-from keras_unet.evaluation import parse_spacing
-from keras_unet.inference import load_predictor, postprocess_settings
+from keras_unet.evaluate.score import evaluate as run_evaluation
+from keras_unet.evaluate.score import parse_spacing
+from keras_unet.imaging.overlay import SHEET_COLOR, caption_height
+from keras_unet.infer.load import load_predictor
+from keras_unet.infer.predictor import postprocess_settings
+from keras_unet.io.labelme import read_labelme
 from labelme_factory import document, shape, write_image, write_json
 
 
@@ -42,7 +43,7 @@ def _labelme_and_mask_folders(root):
         shapes = [shape(name, _ellipse_polygon(truth[..., c])) for c, name in enumerate(CLASSES)
                   if truth[..., c].any()]
         json_path = write_json(labelme / f"{stem}.json", document(shapes, f"{stem}.png", h, w))
-        raster, _ = masks_module.rasterize(ann.read_labelme(json_path), CLASSES)
+        raster, _ = rasterize(read_labelme(json_path), CLASSES)
         write_image(masked / f"{stem}.png", image)
         for c, name in enumerate(CLASSES):
             write_image(masked / "masks" / name / f"{stem}.png", raster[..., c] * np.uint8(255))
@@ -96,7 +97,7 @@ def test_report_on_the_bundled_sample(tiny_run, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "report"
     argv = ["--model", str(tiny_run / "model.keras"), "--data", str(data), "--out", str(out), "--spacing", "0.35",
             "--sweep", "--no-tta"]
-    assert run_main(evaluate.main, argv) == 0
+    assert evaluate_cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "left_clavicle" in printed and "HD95 mm" in printed and "threshold" in printed
 
@@ -113,14 +114,39 @@ def test_report_on_the_bundled_sample(tiny_run, tmp_path, capsys):  # noqa: F811
     for stem in stems:
         overlay = cv2.imread(str(out / "overlays" / f"{stem}.png"))
         assert overlay.shape[1] == 512 and overlay.shape[0] > 512  # original width, legend band below
-    assert cv2.imread(str(out / "contact_sheet.png")) is not None
+    _check_contact_sheet(out, rows)
     assert len(_csv(out / "sweep.csv")) == 9 * len(CLASSES)
 
-    assert run_main(evaluate.main, argv) == 2  # the report folder exists now
-    assert "already exists" in capsys.readouterr().err
+    assert evaluate_cli.main(argv) == 2  # the report folder exists now
+    assert capsys.readouterr().err == (
+        f"error: {out}: report folder already exists and holds files (contact_sheet.png, metrics.csv, overlays, ...); "
+        "use another --out, or --overwrite to replace them\n")
     (out / "overlays" / "stale.png").write_bytes(b"old")
-    assert run_main(evaluate.main, [*argv[:-2], "--overwrite"]) == 0
+    assert evaluate_cli.main([*argv[:-2], "--overwrite"]) == 0
     assert not (out / "overlays" / "stale.png").exists() and not (out / "sweep.csv").exists()
+
+
+def _check_contact_sheet(out, rows):
+    """contact_sheet.png: the overlays' thumbnails in a 2 x 2 grid (3 images), lowest mean Dice over classes first."""
+    means = {}
+    for row in rows:
+        means.setdefault(row["image"], []).append(float(row["dice"]))
+    order = sorted(means, key=lambda stem: np.mean(means[stem]))
+    sheet = cv2.imread(str(out / "contact_sheet.png"), cv2.IMREAD_COLOR)
+    gap, tile, caption = 6, 256, caption_height()
+    assert sheet.shape == (2 * (tile + caption + gap) + gap, 2 * (tile + gap) + gap, 3)
+    for i, stem in enumerate(order):
+        overlay = cv2.imread(str(out / "overlays" / f"{stem}.png"), cv2.IMREAD_COLOR)
+        h, w = overlay.shape[:2]
+        f = tile / max(h, w)
+        nh, nw = round(h * f), round(w * f)
+        thumb = cv2.resize(overlay, (nw, nh), interpolation=cv2.INTER_AREA)
+        y = gap + (i // 2) * (tile + caption + gap) + (tile - nh) // 2
+        x = gap + (i % 2) * (tile + gap) + (tile - nw) // 2
+        cell = sheet[y:y + nh, x:x + nw].astype(int)
+        assert np.abs(cell - thumb).mean() < 2, stem  # this image's overlay, in this place
+    empty = sheet[gap + tile + caption + gap:, gap + tile + gap:]  # the fourth cell holds nothing
+    assert (empty == SHEET_COLOR[::-1]).all()
 
 
 def test_argument_errors(tiny_run, tmp_path):  # noqa: F811
