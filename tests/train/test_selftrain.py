@@ -1,4 +1,4 @@
-"""keras_unet.selftrain: the teacher's masks for unlabelled images, as an image + masks/ folder training reads."""
+"""keras_unet.train.selftrain: the teacher's masks for unlabelled images, as an image + masks/ folder training reads."""
 
 import json
 import shutil
@@ -7,10 +7,10 @@ import numpy as np
 
 from conftest import SAMPLE_DIR
 from helpers import tiny_config
-from keras_unet import images
-from keras_unet.masks import prepare_samples
-from keras_unet.segmenter import Predictor
-from keras_unet.selftrain import pseudo_label, pseudo_name
+from keras_unet.data.samples import prepare_samples
+from keras_unet.infer.predictor import Predictor
+from keras_unet.io import images
+from keras_unet.train.selftrain import pseudo_label, pseudo_name
 
 
 class SquareNetwork:
