@@ -12,12 +12,14 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO, SAMPLE_DIR
-from keras_unet import pretrain
 from keras_unet.config import Config, ModelConfig, PretrainConfig, load_config
+from keras_unet.data.phantom import make_phantom
 from keras_unet.errors import ConfigError, DataError
-from keras_unet.model import model_from_config
-from keras_unet.phantom import make_phantom
-from keras_unet.training import read_history
+from keras_unet.io.files import write_json_atomic
+from keras_unet.model import saving
+from keras_unet.model.unet import model_from_config
+from keras_unet.train import pretrain
+from keras_unet.train.history import read_history
 
 
 def tiny(classes=("a", "b", "c"), base_filters=4, **overrides) -> Config:
@@ -98,7 +100,7 @@ def _run_folder(folder, config, seed):
     model = model_from_config(config)
     folder.mkdir()
     model.save(folder / "model.keras")
-    config.save(folder / "config.json")
+    write_json_atomic(folder / "config.json", config.to_dict())
     return model
 
 
@@ -109,7 +111,7 @@ def test_transfer_copies_matching_layers_and_leaves_the_head_when_classes_differ
     model = model_from_config(config)
     head_before = [w.copy() for w in model.get_layer("logits").get_weights()]
     lines = []
-    copied = pretrain.transfer(model, pretrain.read_source(tmp_path / "run"), pretrain.model_settings(config),
+    copied = saving.transfer(model, saving.read_source(tmp_path / "run"), saving.model_settings(config),
                                lines.append)
     with_weights = [layer.name for layer in model.layers if layer.weights]
     assert sorted(copied) == sorted(n for n in with_weights if n != "logits")
@@ -136,22 +138,22 @@ def test_incompatible_init_weights_name_the_file_and_the_differing_setting(tmp_p
 
 def test_missing_and_unreadable_init_weights_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"nope.keras: init weights not found"):
-        pretrain.read_source(tmp_path / "nope.keras")
+        saving.read_source(tmp_path / "nope.keras")
     (tmp_path / "broken.keras").write_bytes(b"not a zip file")
-    with pytest.raises(DataError, match=r"broken.keras: cannot read the model"):
-        pretrain.read_source(tmp_path / "broken.keras")
+    with pytest.raises(DataError, match=r"broken.keras: cannot load the Keras model \("):
+        saving.read_source(tmp_path / "broken.keras")
     (tmp_path / "broken.weights.npz").write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(DataError, match=r"broken.weights.npz: cannot read the weights file"):
-        pretrain.read_source(tmp_path / "broken.weights.npz")
+        saving.read_source(tmp_path / "broken.weights.npz")
     np.savez(tmp_path / "other.npz", a=np.zeros(3))
     with pytest.raises(DataError, match=r"other.npz: not a keras_unet weights file"):
-        pretrain.read_source(tmp_path / "other.npz")
+        saving.read_source(tmp_path / "other.npz")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"empty: folder holds no model.keras"):
-        pretrain.read_source(tmp_path / "empty")
+        saving.read_source(tmp_path / "empty")
     (tmp_path / "weights.txt").write_text("1 2 3")
     with pytest.raises(ConfigError, match=r"weights.txt: cannot start from this kind of file"):
-        pretrain.read_source(tmp_path / "weights.txt")
+        saving.read_source(tmp_path / "weights.txt")
     with pytest.raises(ConfigError, match=r"gone: --pretrain folder not found"):
         pretrain.check_start(tiny(pretrain_data=str(tmp_path / "gone")))
     with pytest.raises(DataError, match=r"empty: no image files .* for --pretrain"):
@@ -176,10 +178,10 @@ def test_pretraining_lowers_the_reconstruction_loss_and_feeds_a_segmentation_une
     rows = read_history(tmp_path / "pretrain" / "pretrain_history.csv")
     assert [int(r["epoch"]) for r in rows] == list(range(8))
     assert rows[-1]["loss"] < 0.8 * rows[0]["loss"] and rows[-1]["blanked_mae"] < 0.8 * rows[0]["blanked_mae"]
-    source = pretrain.read_source(tmp_path / "pretrain")
+    source = saving.read_source(tmp_path / "pretrain")
     assert "reconstruction" not in source.layers and "logits" not in source.layers
     model = model_from_config(config)
-    copied = pretrain.transfer(model, source, pretrain.model_settings(config), lines.append)
+    copied = saving.transfer(model, source, saving.model_settings(config), lines.append)
     assert len(copied) == len([layer for layer in model.layers if layer.weights]) - 1
     assert "not copied (left at their initialisation): logits (not in the file)" in lines[-1]
     again = pretrain.run_pretraining(config, tmp_path, log=lines.append)  # a resumed run reuses it
