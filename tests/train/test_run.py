@@ -12,7 +12,8 @@ import pytest
 from conftest import REPO, SAMPLE_DIR
 from keras_unet.config import Config, load_config, merge
 from keras_unet.errors import ConfigError
-from keras_unet.training import prepare_run_dir, resolve_precision, train
+from keras_unet.io.files import write_json_atomic
+from keras_unet.train.run import prepare_run_dir, resolve_precision, train
 
 
 @pytest.fixture(scope="module")
@@ -34,19 +35,47 @@ def tiny_config(data, out, cache, **overrides):
 
 def test_two_epoch_run_writes_a_complete_run_directory(small_data, tmp_path):
     out = tmp_path / "run"
-    result = train(tiny_config(small_data, out, tmp_path / "cache"), log=lambda *a: None)
+    # no foreground-prior bias: the outputs start near 0.5, so every class has predicted pixels after two epochs
+    # and the validation Dice checked below is not 0 = 0
+    config = tiny_config(small_data, out, tmp_path / "cache", **{"model.prior_bias": False})
+    result = train(config, log=lambda *a: None)
     for name in ("model.keras", "config.json", "history.csv", "curves.png", "metrics.json", "split.json"):
         assert (out / name).is_file(), name
     assert (out / "logs").is_dir() and not (out / "backup").exists()
     saved = load_config(out / "config.json")
     assert saved.classes == ["left_clavicle", "right_clavicle", "rib"]
     assert saved.precision == "float32" and saved.normalization.method == "percentile"
-    assert result["epochs_run"] == 2 and 0.0 <= result["val_dice"] <= 1.0
-    assert set(result["val_dice_per_class"]) == set(saved.classes)
+    assert result["epochs_run"] == 2
+    assert json.loads((out / "metrics.json").read_text()) == result
     split = json.loads((out / "split.json").read_text())
     assert len(split["val"]) == 2 and len(split["train"]) == 4 and not set(split["val"]) & set(split["train"])
     model = keras.saving.load_model(out / "model.keras", safe_mode=True)
     assert model.predict(np.zeros((1, 64, 64, 1), "float32"), verbose=0).shape == (1, 64, 64, 3)
+    # the reported validation Dice is the saved model's on the validation images, recomputed here in numpy
+    dice, per_class = _numpy_val_dice(model, saved, small_data, split["val"], tmp_path / "cache")
+    assert all(v > 0 for v in per_class)
+    assert result["val_dice"] == pytest.approx(dice, abs=1e-4)
+    assert result["val_dice_per_class"] == pytest.approx(dict(zip(saved.classes, per_class)), abs=1e-4)
+
+
+def _numpy_val_dice(model, config, data, stems, cache):
+    """Mean and per-class Dice of the model's masks (> 0.5) on the named images at network size, pooled over them."""
+    from keras_unet.data.samples import prepare_samples
+    from keras_unet.imaging.preprocess import letterbox, prepare
+    from keras_unet.io.images import read_image
+
+    samples = {s.stem: s for s in prepare_samples(data, config.classes, cache_dir=cache, log=None)}
+    tp = fp = fn = 0
+    for stem in stems:
+        sample = samples[stem]
+        x, _ = prepare(read_image(sample.image_path), config)
+        truth = np.stack([read_image(p) / 255.0 for p in sample.mask_paths], axis=-1)
+        y = letterbox(truth.astype(np.float32), config.image_size)[0] > 0.5
+        pred = model.predict(x[None], verbose=0)[0] > 0.5
+        tp, fp, fn = tp + (y & pred).sum((0, 1)), fp + (~y & pred).sum((0, 1)), fn + (y & ~pred).sum((0, 1))
+    denominator = 2 * tp + fp + fn
+    per_class = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 1.0)
+    return float(per_class.mean()), [float(v) for v in per_class]
 
 
 def test_existing_run_directory_is_not_overwritten(tmp_path):
@@ -64,13 +93,13 @@ def test_interrupted_run_resumes_only_with_same_settings(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "backup").mkdir()
-    Config(epochs=5).save(out / "config.json")
+    write_json_atomic(out / "config.json", Config(epochs=5).to_dict())
     assert prepare_run_dir(out, Config(epochs=5), overwrite=False) is True
     with pytest.raises(ConfigError, match="interrupted run with other settings"):
         prepare_run_dir(out, Config(epochs=6), overwrite=False)
 
 
-def test_resume_finishes_the_planned_epochs(small_data, tmp_path):
+def test_resume_finishes_the_planned_epochs(small_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     config = tiny_config(small_data, out, tmp_path / "cache", epochs=3)
 
@@ -79,15 +108,10 @@ def test_resume_finishes_the_planned_epochs(small_data, tmp_path):
             if epoch == 1:
                 raise KeyboardInterrupt
 
-    import keras_unet.training as training
-
-    original = training.keras.callbacks.TensorBoard
-    try:
-        training.keras.callbacks.TensorBoard = lambda *a, **k: Interrupt()
+    with monkeypatch.context() as patch:
+        patch.setattr(keras.callbacks, "TensorBoard", lambda *a, **k: Interrupt())  # the run's one extra callback
         with pytest.raises(KeyboardInterrupt):
             train(config, log=lambda *a: None)
-    finally:
-        training.keras.callbacks.TensorBoard = original
     assert (out / "backup").exists() and (out / "model.keras").exists()
     result = train(tiny_config(small_data, out, tmp_path / "cache", epochs=3), log=lambda *a: None)
     epochs = [int(float(line.split(",")[0])) for line in (out / "history.csv").read_text().splitlines()[1:]]
@@ -121,10 +145,10 @@ def test_cli_flags_override_config_file(small_data, tmp_path):
 
 
 def test_foreground_fractions_and_prior_bias(tmp_path):
-    from keras_unet.images import write_png
-    from keras_unet.masks import Sample
-    from keras_unet.model import model_from_config
-    from keras_unet.training import foreground_fractions, set_prior_bias
+    from keras_unet.data.samples import Sample
+    from keras_unet.io.images import write_png
+    from keras_unet.model.unet import model_from_config
+    from keras_unet.train.run import foreground_fractions, set_prior_bias
 
     samples = []
     for k, (a, b) in enumerate([(10, 0), (30, 5)]):  # foreground pixels of class a / class b in a 10x10 mask
@@ -147,8 +171,8 @@ def test_foreground_fractions_and_prior_bias(tmp_path):
 
 
 def test_refine_stage_trains_on_crops_after_the_first_and_resumes_alone(small_data, tmp_path):
-    from keras_unet.inference import load_predictor
-    from keras_unet.segmenter import RefinedPredictor
+    from keras_unet.infer.load import load_predictor
+    from keras_unet.infer.predictor import RefinedPredictor
 
     out = tmp_path / "run"
     overrides = {"epochs": 1, "refine.enabled": True, "refine.image_size": 32, "refine.epochs": 1,
@@ -215,7 +239,7 @@ def test_self_training_trains_a_teacher_labels_the_unlabelled_images_and_resumes
 
 
 def test_self_training_refuses_the_labelled_folder_and_a_missing_one(small_data, tmp_path):
-    from keras_unet.pretrain import check_start
+    from keras_unet.train.pretrain import check_start
 
     config = tiny_config(small_data, tmp_path / "run", tmp_path / "cache")
     config.self_train.data = str(small_data)
