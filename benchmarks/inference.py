@@ -2,10 +2,9 @@
 
 A U-Net (depth 4, transposed convolutions, `--base` filters, default 12 as the project ships it) is trained with
 keras_unet.train.run.train (project defaults, bce_dice loss) on 128-px phantom radiographs (keras_unet.data.phantom),
-then exported with keras_unet.export.exporter.export_run at each benchmark size, which writes SavedModel, TFLite float32 /
-float16 / int8 and ONNX and runs the parity gates on its validation images (Dice of the thresholded masks
-against Keras, float >= 0.999,
-int8 >= 0.98). The runtimes, all with the machine's cores as threads:
+then exported with keras_unet.export.exporter.export_run at each benchmark size, which writes SavedModel, TFLite
+float32 / float16 / int8 and ONNX and runs the parity gates on its validation images (Dice of the thresholded masks
+against Keras, float >= 0.999, int8 >= 0.98). The runtimes, all with the machine's cores as threads:
 
   keras_predict  model.predict
   keras_call     a traced tf.function of the model (keras_unet.infer.runtimes.keras_network)

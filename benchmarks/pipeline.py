@@ -1,10 +1,10 @@
-"""Input pipeline against the training step: can keras_unet.data.make_dataset keep the model fed?
+"""Input pipeline against the training step: can keras_unet.data.pipeline.make_dataset keep the model fed?
 
 Pipeline: images/s that make_dataset (training=True, augmentation on: rotation, scale, shift, flip with class
 swap, contrast, brightness, gamma, noise) delivers on its own, iterated epoch after epoch once its cache is
 filled (the first epoch decodes and letterboxes; later ones only augment, as in training), over phantom
 radiographs written by keras_unet.data.phantom at 512 px.
-Step: images/s the project's training step consumes (keras_unet.training.compile_model, `fit`, default settings)
+Step: images/s the project's training step consumes (keras_unet.train.run.compile_model, `fit`, default settings)
 on a batch that is already in memory, for the project's default U-Net (base 12, depth 4: the fastest step, so
 the hardest case for the pipeline) and the benchmark one (base 32), at the same image size and batch. Pipeline
 epochs and steps are timed alternately; ratio = pipeline / step.

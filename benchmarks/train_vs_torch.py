@@ -1,9 +1,9 @@
 """Training throughput of the project's real training path against a PyTorch reference of the same U-Net.
 
-Keras: keras_unet.model (depth 4, base 32 or 64, transposed-convolution upsampling, batch norm), compiled by
-keras_unet.training.compile_model (the `bce` loss, cosine-decayed Adam, the Dice/IoU metrics), `fit` on
-keras_unet.data.make_dataset (augmentation on) over phantom radiographs written by keras_unet.data.phantom; a step is
-timed from the batch-begin to the batch-end callback, so waiting for data counts.
+Keras: keras_unet.model.unet (depth 4, base 32 or 64, transposed-convolution upsampling, batch norm), compiled by
+keras_unet.train.run.compile_model (the `bce` loss, cosine-decayed Adam, the Dice/IoU metrics), `fit` on
+keras_unet.data.pipeline.make_dataset (augmentation on) over phantom radiographs written by keras_unet.data.phantom;
+a step is timed from the batch-begin to the batch-end callback, so waiting for data counts.
 PyTorch: the same architecture written out below (two 3x3 conv + batch norm + ReLU per level, max-pool down, 2x2
 transposed conv up, 1x1 head), BCEWithLogitsLoss and Adam, on in-memory batches of the same images.
 

@@ -6,14 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import common  # noqa: E402
 
 
 def test_conv_flops_by_hand():
-    from keras_unet.model import build_unet
+    from keras_unet.model.unet import build_unet
 
     model = build_unet(3, depth=2, base_filters=4)
     # 2 x (output pixels) x (kernel area) x (input channels) x (filters) per convolution at 32 x 32;
@@ -33,7 +33,7 @@ def test_conv_flops_by_hand():
 
 def test_torch_reference_has_the_keras_models_parameters():
     pytest.importorskip("torch")
-    from keras_unet.model import build_unet
+    from keras_unet.model.unet import build_unet
     from train_vs_torch import torch_count, torch_unet, trainable_count
 
     for depth, base in ((2, 4), (4, 8)):
@@ -96,7 +96,7 @@ def test_quick_options_are_fewer_repetitions_of_the_same_measurements():
 
 
 def test_bce_loss_by_hand():
-    from keras_unet.losses import get_loss
+    from keras_unet.model.losses import get_loss
 
     y_true = np.array([[[[1.0], [0.0]]]], dtype="float32")  # (1, 1, 2, 1)
     y_pred = np.array([[[[0.8], [0.4]]]], dtype="float32")
