@@ -114,7 +114,8 @@ def exported(tiny_run, tmp_path_factory) -> tuple[Path, dict]:
     pytest.importorskip("tf2onnx")
     pytest.importorskip("onnxruntime")
     pytest.importorskip("ai_edge_litert")
-    from keras_unet.export.exporter import ExportOptions, export_run
+    from keras_unet.export.exporter import export_run
+    from keras_unet.export.options import ExportOptions
 
     if "exported" not in _CACHE:  # test_export.py and test_edge.py both use it: export once per session
         out = tmp_path_factory.mktemp("exports") / "all"

@@ -13,13 +13,14 @@ import pytest
 from export_fixtures import CLASSES, SIZE, cached_run, exported, tiny_run  # noqa: F401 (session fixtures)
 from keras_unet.cli import export as export_cli
 from keras_unet.errors import ConfigError, ExportError
+from keras_unet.export.options import ExportOptions
 from keras_unet.io.files import write_json_atomic
 
 
 def test_every_format_is_written_and_passes_parity(exported):
     out, metadata = exported
     from keras_unet.export.convert import FILES
-    from keras_unet.export.exporter import FORMATS
+    from keras_unet.export.options import FORMATS
 
     assert list(metadata["artifacts"]) == list(FORMATS)
     assert metadata["parity_passed"] is True
@@ -62,7 +63,7 @@ def test_onnx_has_a_dynamic_batch(exported):
 
 def test_mixed_precision_run_exports(tmp_path_factory):
     pytest.importorskip("ai_edge_litert")
-    from keras_unet.export.exporter import ExportOptions, export_run, load_run
+    from keras_unet.export.exporter import export_run, load_run
     from keras_unet.model.saving import is_mixed
 
     run = cached_run("mixed_run", tmp_path_factory, precision="mixed_float16", steps=2)
@@ -74,7 +75,7 @@ def test_mixed_precision_run_exports(tmp_path_factory):
 
 
 def test_existing_folder_is_refused(tiny_run, tmp_path):
-    from keras_unet.export.exporter import ExportOptions, export_run
+    from keras_unet.export.exporter import export_run
 
     out = tmp_path / "export"
     out.mkdir()
@@ -103,7 +104,7 @@ def test_failed_export_leaves_nothing_half_written(tiny_run, tmp_path, monkeypat
         out.mkdir()
         (out / "model.tflite").write_bytes(b"old model")
     monkeypatch.setattr(exporter, "write_saved_model", _crash_midway)
-    options = exporter.ExportOptions(formats=("saved_model", "tflite"), parity_images=2, overwrite=old)
+    options = ExportOptions(formats=("saved_model", "tflite"), parity_images=2, overwrite=old)
     with pytest.raises(RuntimeError, match="simulated"):
         exporter.export_run(tiny_run / "model.keras", out, options, log=None)
     assert sorted(p.name for p in tmp_path.iterdir()) == (["export"] if old else [])
@@ -121,8 +122,7 @@ def test_conversion_errors_name_the_format(tiny_run, tmp_path, monkeypatch):
 
     monkeypatch.setattr(convert, "convert_onnx", crash)
     with pytest.raises(ExportError, match="onnx: conversion failed \\(unsupported op\\)"):
-        exporter.export_run(tiny_run / "model.keras", tmp_path / "export", exporter.ExportOptions(formats=("onnx",)),
-                            log=None)
+        exporter.export_run(tiny_run / "model.keras", tmp_path / "export", ExportOptions(formats=("onnx",)), log=None)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -145,7 +145,7 @@ def test_failed_parity_is_reported_and_exits_non_zero(tiny_run, tmp_path, monkey
 def test_calibration_folder_stands_in_for_missing_data(tiny_run, tmp_path):
     pytest.importorskip("tf2onnx")
     from keras_unet.config import load_config
-    from keras_unet.export.exporter import ExportOptions, export_run
+    from keras_unet.export.exporter import export_run
 
     run = tmp_path / "moved_run"
     run.mkdir()
@@ -162,7 +162,7 @@ def test_calibration_folder_stands_in_for_missing_data(tiny_run, tmp_path):
 
 
 def test_bad_options_are_refused():
-    from keras_unet.export.exporter import ExportOptions, parse_formats
+    from keras_unet.export.options import parse_formats
 
     assert parse_formats("onnx, tflite") == ("tflite", "onnx")
     with pytest.raises(ConfigError, match="unknown format"):
