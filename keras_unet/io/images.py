@@ -194,9 +194,17 @@ def _header_size(data: bytes, source) -> tuple[int, int] | None:
     except Image.DecompressionBombError:
         raise DataError(source, f"image has more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (Pillow's "
                                 f"decompression-bomb guard), more than the {MAX_PIXELS:,} limit") from None
-    except Exception:  # a format or a header Pillow does not read: OpenCV's decoder has the last word
-        return None
+    except Exception:  # a header Pillow refuses (a 0-pixel PNG, say), or a format it does not read
+        return _png_header_size(data)
     return (width, height) if turned else (height, width)
+
+
+def _png_header_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a PNG's IHDR fields, for headers Pillow refuses (None for other formats)."""
+    if not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR" or len(data) < 24:
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return height, width
 
 
 def _truncation(data: bytes, kind: str) -> str | None:
