@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEG2000Lossless, JPEGLSLossless
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless
 
 from conftest import REPO
 from helpers import CLASSES, blob_run, blob_scene, write_dicom  # noqa: F401 (fixtures)
@@ -64,11 +64,29 @@ def test_first_of_several_windows_is_used(tmp_path):
     np.testing.assert_array_equal(images.read_image(path), WINDOWED)
 
 
-def test_linear_exact_and_sigmoid_windows():
+def test_linear_exact_and_linear_threshold_windows():
     x = np.array([-1.0, 0.0, 1.0, 2.0])
     np.testing.assert_allclose(dicom.apply_window(x, 0.5, 2.0, "LINEAR_EXACT"), [0, 0.25, 0.75, 1])
-    np.testing.assert_allclose(dicom.apply_window(x, 0.0, 4.0, "SIGMOID"), 1 / (1 + np.exp(-x)))
     np.testing.assert_allclose(dicom.apply_window(x, 0.5, 1.0), [0, 0, 1, 1])  # LINEAR, width 1: a threshold
+
+
+# SIGMOID (PS3.3 C.11.2.1.3.1): y = 1 / (1 + exp(-4 (x - c) / w)) on 0..1. At x = c - w, c - w/2, c, c + w/2, c + w
+# the exponent is 4, 2, 0, -2, -4: y = 1/(1 + e^4), 1/(1 + e^2), 1/2, 1/(1 + e^-2), 1/(1 + e^-4)
+SIGMOID_AT = [0.0179862100, 0.1192029220, 0.5, 0.8807970780, 0.9820137900]
+
+
+def test_sigmoid_window_by_hand():
+    x = np.array([60.0, 80.0, 100.0, 120.0, 140.0])  # centre 100, width 40
+    np.testing.assert_allclose(dicom.apply_window(x, 100.0, 40.0, "SIGMOID"), SIGMOID_AT, atol=1e-9)
+
+
+def test_sigmoid_window_in_a_file(tmp_path):
+    # stored 800, 1000, 1200, 1400 with slope 2, intercept -1000: modality 600, 1000, 1400, 1800; centre 1000,
+    # width 800: c - w/2, c, c + w/2, c + w -> 0.119203, 0.5, 0.880797, 0.982014 -> x 65535 rounded
+    stored = np.array([[800, 1000], [1200, 1400]], np.uint16)
+    path = write_dicom(tmp_path / "s.dcm", stored, RescaleSlope=2, RescaleIntercept=-1000, WindowCenter=1000,
+                       WindowWidth=800, VOILUTFunction="SIGMOID")
+    np.testing.assert_array_equal(images.read_image(path), [[7812, 32768], [57723, 64356]])
 
 
 def test_without_window_the_full_range_is_used(tmp_path):
@@ -162,6 +180,22 @@ def test_compressed_transfer_syntax_without_a_decoder_is_refused(tmp_path, monke
     monkeypatch.setattr("pydicom.pixels.get_decoder", lambda uid: Unavailable())
     assert _problem(path) == ("JPEG 2000 Image Compression (Lossless Only) (1.2.840.10008.1.2.4.90) cannot be "
                               "decoded here: install pylibjpeg-openjpeg or convert to uncompressed")
+
+
+def test_compressed_pixel_data_that_fails_to_decode_is_one_line(tmp_path):
+    from pydicom.pixels import get_decoder
+
+    if not get_decoder(JPEGBaseline8Bit).is_available:
+        pytest.skip("no JPEG baseline decoder here (pydicom decodes it with Pillow)")
+    # the transfer syntax says JPEG baseline and a decoder is installed, but the fragment is no JPEG: a start of
+    # image marker and then zeros
+    path = write_dicom(tmp_path / "broken.dcm", np.zeros((2, 2), np.uint8), transfer_syntax=JPEGBaseline8Bit,
+                       pixel_data=encapsulate([b"\xff\xd8" + b"\x00" * 14]),
+                       BitsAllocated=8, BitsStored=8, HighBit=7)
+    problem = _problem(path)  # one line, starting with the file's path
+    prefix = "JPEG Baseline (Process 1) (1.2.840.10008.1.2.4.50) pixel data cannot be decoded ("
+    assert problem.startswith(prefix) and problem.endswith(")") and len(problem) > len(prefix) + 1, problem
+    assert "Traceback" not in problem
 
 
 def test_jpeg_ls_without_its_plugin_is_refused(tmp_path):
