@@ -189,7 +189,11 @@ def float32_model(model, config: Config):
     return rebuilt
 
 
-def atomic_save(model: keras.Model, path: Path) -> None:
-    """Save a .keras file through a temporary file and a rename, so no half-written model is ever on disk."""
+def save_for_inference(model: keras.Model, path: Path) -> None:
+    """Save the network alone (no loss, metrics or optimizer) as .keras, through a temporary file and a rename.
+
+    The file loads with Keras only; the copy shares the model's layers and weights; what resuming needs stays in
+    the run's backup folder."""
+    network = keras.Model(model.inputs, model.outputs, name=model.name)
     with atomic_path(path, suffix=".keras") as tmp:
-        model.save(tmp)
+        network.save(tmp)

@@ -10,10 +10,10 @@ import keras
 import numpy as np
 
 from keras_unet.io.files import atomic_path, write_bytes_atomic
-from keras_unet.model.saving import atomic_save
+from keras_unet.model.saving import save_for_inference
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Keep the model with the best validation score (keep="best") or the latest epoch's ("last") on disk, atomically."""
+    """Keep the network with the best validation score (keep="best") or the latest epoch's ("last"), atomically."""
 
     def __init__(self, path: Path, monitor: str = "val_dice", best: float = -math.inf, keep: str = "best"):
         super().__init__()
@@ -28,7 +28,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         if better:
             self.best = float(value)
         if better or self.keep == "last":
-            atomic_save(self.model, self.path)
+            save_for_inference(self.model, self.path)
 
 
 class SafeBackup(keras.callbacks.BackupAndRestore):

@@ -277,7 +277,8 @@ def _train_stage(config: Config, out: Path, resuming: bool, start, log, extra_tr
             plot_curves(history, out / CURVES_FILE)
         if not (out / MODEL_FILE).exists():
             raise TrainingError(f"{out / MODEL_FILE}: no model was saved (the validation Dice was never finite)")
-        best_model = load_model(out / MODEL_FILE, compile=True)
+        best_model = load_model(out / MODEL_FILE)  # the network alone: scored with the run's loss and metrics
+        best_model.compile(loss=get_loss(config.loss), metrics=segmentation_metrics(config.outputs()))
         scores = best_model.evaluate(val_ds, verbose=0, return_dict=True)
     finally:
         keras.config.set_dtype_policy("float32")
