@@ -91,12 +91,74 @@ def test_unreadable_image_path(capsys, tmp_path):
     assert _bad_line(capsys, tmp_path, make).endswith("folder.png: is a folder, not an image file")
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads any file")
-def test_image_without_read_permission(capsys, tmp_path):
-    def make(d):
-        write_image(d / "locked.png", gradient()).chmod(0)
-        return write_json(d / "bad.json", document([RIB], "locked.png"))
-    assert "cannot read the file (Permission denied)" in _bad_line(capsys, tmp_path, make)
+# Root reads a mode-000 file through two capabilities, CAP_DAC_OVERRIDE (bit 1) and CAP_DAC_READ_SEARCH (bit 2).
+# This child gives both up (lowering one's own capabilities needs no privilege), checks that the locked file now
+# refuses to open, then runs `python -m keras_unet.masks` with the remaining arguments. It stays uid 0, so it still
+# reads the interpreter under /root/.pyenv (mode 700: user "nobody" could not) and the repo by their owner bits.
+# Exit 77 with a reason on stderr: the mechanism is not available here.
+_WITHOUT_DAC_OVERRIDE = r"""
+import ctypes, os, runpy, sys
+
+
+def unavailable(reason):
+    print(reason, file=sys.stderr)
+    sys.exit(77)
+
+
+class Header(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+locked, args = sys.argv[1], sys.argv[2:]
+if os.geteuid() == 0:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "capset"):
+        unavailable("running as root on a system without capset(2): root reads a mode-000 file")
+    header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3: two 32-bit words per set
+    if libc.capget(ctypes.byref(header), data) != 0:
+        unavailable(f"running as root and capget(2) failed ({os.strerror(ctypes.get_errno())})")
+    dac = (1 << 1) | (1 << 2)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+    data[0].effective &= ~dac
+    data[0].permitted &= ~dac
+    data[0].inheritable &= ~dac
+    if libc.capset(ctypes.byref(header), data) != 0:
+        unavailable(f"running as root and capset(2) failed ({os.strerror(ctypes.get_errno())}): cannot give up "
+                    "CAP_DAC_OVERRIDE, so root reads a mode-000 file")
+try:
+    open(locked, "rb").close()
+except PermissionError:
+    pass
+else:
+    unavailable(f"{locked} (mode 000) opens even without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH: "
+                "no way here to make a file unreadable")
+sys.argv = ["keras_unet.masks", *args]
+runpy.run_module("keras_unet.masks", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file permission bits are POSIX")
+def test_image_without_read_permission(tmp_path):
+    """An image the user may not read is one line naming it and the OS's reason, also when the tests run as root."""
+    data = tmp_path / "data"
+    _good(data)
+    locked = write_image(data / "locked.png", gradient())
+    locked.chmod(0)
+    bad = write_json(data / "bad.json", document([RIB], "locked.png"))
+    proc = subprocess.run([sys.executable, "-c", _WITHOUT_DAC_OVERRIDE, str(locked), str(data), "--classes", "rib",
+                           "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    if proc.returncode == 77:
+        pytest.skip(proc.stderr.strip())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"error: {data}: 1 of 2 annotation files cannot be used:",
+        f"  {bad}: {locked}: cannot read the file (Permission denied)",
+        "(--skip-bad trains on the other 1)",
+    ]
+    assert not (tmp_path / "out").exists()
 
 
 def test_truncated_image(capsys, tmp_path):
