@@ -42,8 +42,11 @@ def sample_stem(json_path, data_dir) -> str:
 
 
 def prepare_samples(data_dir, classes, cache_dir=None, line_width: int = 3, log=print, skip_bad: bool = False,
-                    bad: list | None = None) -> list[Sample]:
-    """Samples for a Labelme folder (masks cached) or an image + masks/ folder; bad files raise, or with skip_bad are left out and appended to `bad`."""
+                    bad: list | None = None, require_pixels: bool = False) -> list[Sample]:
+    """Samples for a Labelme folder (masks cached) or an image + masks/ folder.
+
+    Bad files raise, or with skip_bad are left out and appended to `bad`; require_pixels: a class with no pixel
+    in any image is an error (for training) rather than a warning."""
     data_dir = Path(os.path.abspath(Path(data_dir).expanduser()))
     if not data_dir.is_dir():
         raise DataError(data_dir, "folder not found" if not data_dir.exists() else "not a folder")
@@ -63,17 +66,32 @@ def prepare_samples(data_dir, classes, cache_dir=None, line_width: int = 3, log=
     log = log or (lambda line: None)
     if json_files:
         problems: list[tuple[Path, str]] = []
-        samples = _prepare_labelme(data_dir, json_files, classes, cache, line_width, log, problems)
+        samples, stats = _prepare_labelme(data_dir, json_files, classes, cache, line_width, log, problems)
         if problems and not skip_bad:
             raise bad_files_error(data_dir, problems, len(json_files))
         if bad is not None:
             bad.extend(problems)
         if not samples:
             raise DataError(data_dir, f"none of the {len(json_files)} annotation files can be used")
-        return samples
-    if (data_dir / "masks").is_dir():
-        return _prepare_image_masks(data_dir, classes, cache, log)
-    raise DataError(data_dir, "no Labelme .json files, and no masks/<class>/<stem>.png files beside images")
+    elif (data_dir / "masks").is_dir():
+        samples, stats = _prepare_image_masks(data_dir, classes, cache, log)
+    else:
+        raise DataError(data_dir, "no Labelme .json files, and no masks/<class>/<stem>.png files beside images")
+    if require_pixels:
+        check_pixels(data_dir, stats, classes, len(samples))
+    return samples
+
+
+def check_pixels(data_dir, stats: RasterStats, classes, count: int) -> None:
+    """Raise DataError when a class has no pixel in any image, naming the labels that do occur."""
+    empty = [name for name in classes if not stats.pixels.get(name, 0)]
+    if not empty:
+        return
+    found = [f"{name} ({stats.pixels[name]:,} px)" for name in classes if stats.pixels.get(name, 0)]
+    found += [f"{label} x{n} shapes" for label, n in sorted(stats.skipped.items())]
+    listed = ", ".join(found) if found else "none"
+    raise DataError(data_dir, f"class(es) {', '.join(empty)} have no pixels in any of the {count} images, so "
+                              f"nothing can be learnt for them; check --classes. Labels found: {listed}")
 
 
 def bad_files_error(folder, problems, total: int) -> DataError:
@@ -97,7 +115,7 @@ def write_problem_list(path, problems) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def _prepare_labelme(data_dir, json_files, classes, cache, line_width, log, problems) -> list[Sample]:
+def _prepare_labelme(data_dir, json_files, classes, cache, line_width, log, problems) -> tuple[list, RasterStats]:
     old = cache_index.read_index(cache, classes, line_width)
     entries: dict = {}
     samples: list[Sample] = []
@@ -137,7 +155,7 @@ def _prepare_labelme(data_dir, json_files, classes, cache, line_width, log, prob
         warnings.extend(empty_class_warnings(total, classes, len(samples)))
     log_warnings(warnings, log)
     log(summary_line(len(samples), regenerated, total, cache, outside=outside, unusable=len(problems)))
-    return samples
+    return samples, total
 
 
 def empty_class_warnings(stats: RasterStats, classes, count: int) -> list[str]:
@@ -178,7 +196,7 @@ def _generate_labelme(json_path, data_dir, classes, line_width, json_print, imag
     }
 
 
-def _prepare_image_masks(data_dir, classes, cache, log) -> list[Sample]:
+def _prepare_image_masks(data_dir, classes, cache, log) -> tuple[list, RasterStats]:
     image_dir = data_dir / IMAGES_FOLDER if (data_dir / IMAGES_FOLDER).is_dir() else data_dir
     image_paths = images.list_images(image_dir, purpose="beside masks/")
     absent = [name for name in classes if not (data_dir / "masks" / name).is_dir()]
@@ -237,7 +255,7 @@ def _prepare_image_masks(data_dir, classes, cache, log) -> list[Sample]:
     if missing:
         line += f"; {missing} missing masks taken as empty"
     log(line)
-    return samples
+    return samples, total
 
 
 def _check_image_masks(image_path, present, classes, cache, stem, prints) -> dict:
@@ -340,11 +358,15 @@ def split_samples(samples, val_fraction: float, seed: int):
     return train, val
 
 
-def load_samples(config: Config, log=print, bad: list | None = None):
-    """Training and validation samples: train/ and val/ subfolders when present, else a seeded split."""
+def load_samples(config: Config, log=print, bad: list | None = None, require_pixels: bool = False):
+    """Training and validation samples: train/ and val/ subfolders when present, else a seeded split.
+
+    require_pixels: every class must have pixels in the training images (else DataError, before any training)."""
     data = Path(config.data)
     kwargs = dict(classes=config.classes, cache_dir=config.cache_dir or None, line_width=config.line_width, log=log,
                   skip_bad=config.skip_bad, bad=bad)
     if (data / "train").is_dir() and (data / "val").is_dir():
-        return prepare_samples(data / "train", **kwargs), prepare_samples(data / "val", **kwargs)
-    return split_samples(prepare_samples(data, **kwargs), config.val_fraction, config.seed)
+        return (prepare_samples(data / "train", require_pixels=require_pixels, **kwargs),
+                prepare_samples(data / "val", **kwargs))
+    return split_samples(prepare_samples(data, require_pixels=require_pixels, **kwargs), config.val_fraction,
+                         config.seed)

@@ -1,0 +1,58 @@
+"""Command-line behaviour a user meets first: the keras-unet dispatcher, and wrong class names refused before any
+training starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import SAMPLE_DIR
+from keras_unet import __version__
+from keras_unet.cli.main import COMMANDS, main
+from keras_unet.cli.train import main as train_main
+from keras_unet.data.samples import prepare_samples
+from keras_unet.errors import DataError
+
+
+def test_version_and_usage(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"keras-unet {__version__}"
+    assert main([]) == 0
+    listing = capsys.readouterr().out
+    assert all(f"  {name} " in listing for name in COMMANDS)
+
+
+def test_unknown_command_is_one_line(capsys):
+    assert main(["trian"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown command 'trian'") and "\n" not in err
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_each_subcommand_has_help(name, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([name, "--help"])
+    assert stop.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_a_class_without_pixels_stops_training_before_it_starts(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = train_main(["--classes", "nosuch", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+                       "--epochs", "1"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0] == (f"error: {SAMPLE_DIR}: class(es) nosuch have no pixels in any of the 40 images, so nothing can "
+                      "be learnt for them; check --classes. Labels found: left_clavicle x40 shapes, rib x1780 shapes, "
+                      "right_clavicle x40 shapes")
+    assert not out.exists()  # nothing written: the next run with the right classes starts clean
+
+
+def test_require_pixels_names_the_classes_that_have_pixels(tmp_path):
+    with pytest.raises(DataError) as caught:
+        prepare_samples(SAMPLE_DIR, ["rib", "nosuch"], cache_dir=tmp_path, log=None, require_pixels=True)
+    problem = caught.value.problem
+    assert problem.startswith("class(es) nosuch have no pixels in any of the 40 images")
+    assert "rib (" in problem and " px)" in problem and "left_clavicle x40 shapes" in problem
+    # without the requirement (evaluation, say), a class absent from a folder is a warning only
+    assert len(prepare_samples(SAMPLE_DIR, ["rib", "nosuch"], cache_dir=tmp_path, log=None)) == 40
