@@ -38,6 +38,10 @@ def test_to_display_stretches_percentiles():
     assert out.dtype == np.uint8 and out.shape == (100, 100)
     assert out.min() == 0 and out.max() == 255
     assert out[0, 0] == 0 and out[-1, -1] == 255  # clipped beyond the 1st / 99th percentiles
+    # 0..100 in a row: the 1st and 99th percentiles are 1 and 99, so v -> (v - 1) * 255 / 98, rounded and clipped:
+    # 0 and 1 -> 0; 40 -> 101.48 -> 101; 60 -> 153.52 -> 154; 99 and 100 -> 255
+    row = to_display(np.arange(101, dtype=np.uint16).reshape(1, 101))
+    assert [int(row[0, v]) for v in (0, 1, 40, 60, 99, 100)] == [0, 0, 101, 154, 255, 255]
     assert to_display(np.full((4, 4), 7.0)).max() == 0  # constant image does not divide by zero
 
 
@@ -55,7 +59,9 @@ def test_prediction_is_filled_in_class_colour():
     image, pred, truth = scene()
     out = draw_overlay(image, pred, truth, classes=["femur", "tibia"])
     color = class_colors(2)[0]
-    grey = to_display(image)
+    # the display grey, in numpy: the 1st..99th percentiles of the ramp stretched over 0..255
+    lo, hi = np.percentile(image.astype(np.float64), [1, 99])
+    grey = np.clip(np.round((image.astype(np.float64) - lo) * 255 / (hi - lo)), 0, 255).astype(np.uint8)
     y, x = 50, 50  # inside the prediction, away from the truth outline
     expected = np.round(grey[y, x] * (1 - overlay.FILL_ALPHA) + np.array(color) * overlay.FILL_ALPHA)
     np.testing.assert_allclose(out[y, x], expected, atol=1)

@@ -163,7 +163,9 @@ def test_clean_masks_min_area_applies_to_every_class():
 def test_clean_masks_disabled_only_thresholds():
     settings = PostprocessConfig(enabled=False, keep_largest={"a": 1}, min_area=100)
     out = clean_masks(probabilities(), ["a", "b"], settings)
-    np.testing.assert_array_equal(out, threshold(probabilities(), 0.5))
+    # the plain 0.5 threshold and nothing else: the ring, its hole and the stray pixel of 'a'; 'b' (0.4) is empty
+    np.testing.assert_array_equal(out, (probabilities() > 0.5).astype(np.uint8))
+    assert out[..., 0].sum() == 12 + 1 and out[6, 6, 0] == 1 and out[..., 1].sum() == 0
 
 
 def test_clean_masks_rejects_unknown_class_names():
@@ -185,12 +187,14 @@ def test_polygons_drop_small_components_and_ignore_holes():
     mask = np.zeros((20, 20), np.uint8)
     mask[2:12, 2:12] = 1
     mask[5:8, 5:8] = 0  # hole
-    mask[15, 15] = 1  # one stray pixel
+    mask[15:17, 15:17] = 1  # a 2 x 2 stray: 4 pixels, under min_area
     polygons = mask_to_polygons(mask, min_area=5)
     assert len(polygons) == 1
     out = np.zeros_like(mask)
     cv2.fillPoly(out, [np.round(polygons[0]).astype(np.int32)], 1)
-    np.testing.assert_array_equal(out, fill_holes(remove_small(mask, 5)))
+    expected = np.zeros_like(mask)
+    expected[2:12, 2:12] = 1  # the outer square, its hole filled; the stray gone
+    np.testing.assert_array_equal(out, expected)
 
 
 def smooth_blob(rng, size=256):

@@ -59,6 +59,26 @@ def test_letterbox_numpy_equals_tensorflow(shape):
     assert np.all(got[:, :left] == 0) and np.all(got[:, left + w:] == 0)
 
 
+def test_letterbox_by_hand():
+    image = np.arange(1, 33, dtype=np.float32).reshape(4, 8)  # 4 rows, 8 columns
+    # size 8: scale 1, no resize; 4 rows centred in 8 -> 2 rows of zeros above and below
+    out, box = preprocess.letterbox(image, 8)
+    assert out.shape == (8, 8) and out.dtype == np.float32
+    assert (box.inner, box.offset) == ((4, 8), (2, 0))
+    np.testing.assert_array_equal(out[2:6], image)
+    assert not out[:2].any() and not out[6:].any()
+    # shrinking by 4 is an area resize, the mean of each 4 x 4 block (a bilinear one would average only the middle
+    # 2 x 2 of each block: told apart on uneven values); 8 x 16 at size 4: inner 2 x 4, offset (1, 0)
+    uneven = np.random.default_rng(0).integers(0, 100, (8, 16)).astype(np.float32)
+    out, box = preprocess.letterbox(uneven, 4)
+    assert (box.inner, box.offset) == ((2, 4), (1, 0))
+    np.testing.assert_allclose(out[1:3], uneven.reshape(2, 4, 4, 4).mean(axis=(1, 3)), atol=1e-4)
+    assert not out[0].any() and not out[3].any()
+    # a tall image pads left and right: 8 x 2 at size 4 -> inner 4 x 1, offset (0, 1)
+    _, tall = preprocess.letterbox(image.T.copy()[:, :2], 4)
+    assert (tall.inner, tall.offset) == ((4, 1), (0, 1))
+
+
 def test_unletterbox_inverts_letterbox():
     mask = np.zeros((300, 200), np.float32)
     mask[100:200, 50:150] = 1.0
