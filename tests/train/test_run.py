@@ -1,5 +1,6 @@
 """A real (tiny) training run end to end: run directory, config, resume, refusal to overwrite, CLI."""
 
+import csv
 import json
 import shutil
 import subprocess
@@ -44,7 +45,8 @@ def test_two_epoch_run_writes_a_complete_run_directory(small_data, tmp_path):
     assert (out / "logs").is_dir() and not (out / "backup").exists()
     saved = load_config(out / "config.json")
     assert saved.classes == ["left_clavicle", "right_clavicle", "rib"]
-    assert saved.precision == "float32" and saved.normalization.method == "percentile"
+    # the default precision "auto" is resolved when the run starts: float32 here, mixed_float16 on a GPU machine
+    assert saved.precision == resolve_precision("auto") and saved.normalization.method == "percentile"
     assert result["epochs_run"] == 2
     assert json.loads((out / "metrics.json").read_text()) == result
     split = json.loads((out / "split.json").read_text())
@@ -76,6 +78,44 @@ def _numpy_val_dice(model, config, data, stems, cache):
     denominator = 2 * tp + fp + fn
     per_class = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 1.0)
     return float(per_class.mean()), [float(v) for v in per_class]
+
+
+TRAIN_STEMS = ["phantom_000", "phantom_002", "phantom_003", "phantom_005"]
+VAL_STEMS = ["phantom_001", "phantom_004"]
+
+
+@pytest.fixture(scope="module")
+def stalled_run(tmp_path_factory):
+    """A run on a data folder with train/ and val/ subfolders (val_fraction would pick 2 of 6 at random otherwise),
+    early_stopping 1 of 4 epochs, and a validation score that cannot improve: a learning rate of 1e-30 leaves every
+    weight as it is, and without batch norm there are no moving statistics to change the validation outputs."""
+    root = tmp_path_factory.mktemp("split")
+    data = root / "data"
+    for folder, stems in (("train", TRAIN_STEMS), ("val", VAL_STEMS)):
+        (data / folder).mkdir(parents=True)
+        for stem in stems:
+            for suffix in (".json", ".png"):
+                shutil.copy(SAMPLE_DIR / f"{stem}{suffix}", data / folder)
+    shutil.copy(SAMPLE_DIR / "labels.txt", data)
+    config = tiny_config(data, root / "run", root / "cache", epochs=4, early_stopping=1, learning_rate=1e-30,
+                         val_fraction=0.5, **{"model.batch_norm": False})
+    return root / "run", train(config, log=lambda *a: None)
+
+
+def test_train_and_val_subfolders_are_used_as_given(stalled_run):
+    out, _ = stalled_run
+    split = json.loads((out / "split.json").read_text())
+    assert split == {"train": TRAIN_STEMS, "val": VAL_STEMS}
+
+
+def test_early_stopping_ends_the_run_when_the_validation_dice_stops_improving(stalled_run):
+    out, result = stalled_run
+    with open(out / "history.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len({row["val_dice"] for row in rows}) == 1  # the premise: the score never moved
+    # epoch 0 sets the best score, epoch 1 does not beat it: patience 1 is used up, so 2 of the 4 epochs run
+    assert [int(row["epoch"]) for row in rows] == [0, 1]
+    assert result["epochs_run"] == 2 == json.loads((out / "metrics.json").read_text())["epochs_run"]
 
 
 def test_existing_run_directory_is_not_overwritten(tmp_path):
@@ -118,9 +158,57 @@ def test_resume_finishes_the_planned_epochs(small_data, tmp_path, monkeypatch):
     assert epochs == [0, 1, 2] and result["epochs_run"] == 3
 
 
-def test_auto_precision_is_float32_without_gpu():
-    assert resolve_precision("auto") == "float32"
-    assert resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
+def test_auto_precision_is_mixed_float16_with_a_gpu_and_float32_without(monkeypatch):
+    from keras_unet.train import run
+
+    for gpus, expected in ((0, "float32"), (1, "mixed_float16"), (2, "mixed_float16")):
+        monkeypatch.setattr(run, "gpu_count", lambda gpus=gpus: gpus)
+        assert resolve_precision("auto") == expected, gpus
+        assert resolve_precision("mixed_bfloat16") == "mixed_bfloat16"  # a named policy is kept as it is
+        assert resolve_precision("float32") == "float32"
+
+
+def test_strategy_is_multi_worker_with_tf_config_mirrored_over_gpus_else_the_default(monkeypatch):
+    import tensorflow as tf
+
+    from keras_unet.train import run
+
+    built = []
+
+    def stub(name):
+        class Stub:
+            def __init__(self, *args, **kwargs):
+                built.append(name)
+        return Stub
+
+    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", stub("multi-worker"))
+    monkeypatch.setattr(tf.distribute, "MirroredStrategy", stub("mirrored"))
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    default = tf.distribute.get_strategy()  # the one-device strategy outside any scope
+    for gpus in (0, 1):
+        monkeypatch.setattr(run, "gpu_count", lambda gpus=gpus: gpus)
+        assert run.select_strategy() is default and built == [], gpus
+    monkeypatch.setattr(run, "gpu_count", lambda: 2)
+    assert type(run.select_strategy()).__name__ == "Stub" and built == ["mirrored"]
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker",
+                                                                                                 "index": 0}}))
+    for gpus in (0, 2):  # a cluster wins over the local GPUs
+        built.clear()
+        monkeypatch.setattr(run, "gpu_count", lambda gpus=gpus: gpus)
+        run.select_strategy()
+        assert built == ["multi-worker"], gpus
+
+
+def test_cosine_schedule_starts_at_the_learning_rate_and_ends_at_five_percent_of_it():
+    from keras_unet.train.run import compile_model
+
+    config = merge(Config(classes=["a", "b"], image_size=64, epochs=3, learning_rate=0.01),
+                   {"model.depth": 2, "model.base_filters": 4})
+    optimizer = compile_model(config, steps_per_epoch=4).optimizer  # 3 epochs x 4 steps: decay over 12 steps
+    # by hand: lr(t) = 0.01 (0.05 + 0.95 (1 + cos(pi t / 12)) / 2)
+    for step, expected in ((0, 0.01), (6, 0.00525), (12, 0.0005), (40, 0.0005)):
+        optimizer.iterations.assign(step)
+        assert float(optimizer.learning_rate) == pytest.approx(expected, rel=1e-5), step
 
 
 def test_cli_reports_bad_settings_in_one_line(tmp_path):
