@@ -15,10 +15,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from keras_unet.data.cache import default_cache_root
 from keras_unet.errors import KerasUnetError
-from keras_unet.io.files import check_out_dir
+from keras_unet.io.files import build_folder, check_out_dir
 from keras_unet.io.labelme import labelme_document
 
+SAMPLE = {"count": 40, "size": 512, "seed": 0}  # the bundled sample: data/sample in a checkout
+SAMPLE_FORMAT = 1  # bump when the generator's output changes
 REF = 512.0  # size of the reference canvas all anatomy is laid out on
 LABELS = ("left_clavicle", "right_clavicle", "rib")
 SHIFT = 4  # sub-pixel bits for cv2.fillPoly
@@ -379,3 +382,12 @@ def write_sample(
         paths.append(path)
     (out_dir / "labels.txt").write_text("\n".join(LABELS) + "\n", encoding="utf-8")
     return paths
+
+
+def bundled_sample(cache_dir=None) -> Path:
+    """The bundled sample outside a checkout: the same phantoms as data/sample, generated once into the cache."""
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_root()
+    folder = root / f"sample-v{SAMPLE_FORMAT}"
+    if not (folder / "labels.txt").is_file():  # written last: its presence marks a complete sample
+        build_folder(folder, lambda tmp: write_sample(tmp, overwrite=True, **SAMPLE))
+    return folder

@@ -16,7 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_unet import __version__
-from keras_unet.config import Config, config_from_dict
+from keras_unet.config import DEFAULT_DATA_DIR, Config, config_from_dict
+from keras_unet.data.cleanup import resolve_postprocess
+from keras_unet.data.phantom import bundled_sample
 from keras_unet.data.pipeline import crop_items, flip_for, make_dataset
 from keras_unet.data.samples import load_samples, prepare_samples, resolve_classes, write_problem_list
 from keras_unet.errors import ConfigError, TrainingError
@@ -165,10 +167,15 @@ def train(config: Config, overwrite: bool = False, log=print) -> dict:
     """Train a U-Net as the config says (then its refine stage, if enabled); returns the final validation scores.
 
     The caller's config is left as it is: the run works on a copy with the classes and precision resolved."""
-    config = dataclasses.replace(config_from_dict(config.to_dict()),
-                                 classes=resolve_classes(config.classes, Path(config.data)),
+    config = config_from_dict(config.to_dict())
+    if config.data == DEFAULT_DATA_DIR and not Path(config.data).is_dir():  # an installed package: no checkout here
+        config.data = str(bundled_sample(config.cache_dir or None))
+        log(f"the bundled sample ({DEFAULT_DATA_DIR} of the source tree) is generated here: {config.data}")
+    config = dataclasses.replace(config, classes=resolve_classes(config.classes, Path(config.data)),
                                  precision=resolve_precision(config.precision)).validate()
     start = check_start(config)  # --init-weights and --pretrain problems surface before the run directory is made
+    load_samples(config, log=None, require_pixels=True)  # so do unusable data and classes without any pixel
+    config = resolve_postprocess(config, log)  # per-class keep_largest and fill_holes from the training masks
     out = Path(config.out)
     resuming = prepare_run_dir(out, config, overwrite)
     result = _finished(out, "first stage", log) if resuming else None
