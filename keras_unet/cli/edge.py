@@ -1,4 +1,4 @@
-"""`python -m keras_unet.edge MODEL.tflite IMAGE ... --out OUT`: segment images with LiteRT alone (no TensorFlow)."""
+"""`python -m keras_unet.edge --model MODEL.tflite --input IMAGES --out OUT`: segment with LiteRT alone (no TensorFlow)."""
 
 from __future__ import annotations
 
@@ -6,26 +6,35 @@ import argparse
 
 from keras_unet.cli.common import add_debug_option, run_main
 from keras_unet.infer.edge import EdgeSegmenter, segment_files
+from keras_unet.io.images import list_images
 
 
 def parse_args(argv):
     """The parsed command line."""
     p = argparse.ArgumentParser(prog="python -m keras_unet.edge",
                                 description="Segment X-ray images with an exported .tflite model (LiteRT, no TensorFlow).")
-    p.add_argument("model", help=".tflite file with the export's metadata.json beside it")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--model", dest="model_flag", help=".tflite file with the export's metadata.json beside it")
+    p.add_argument("--input", nargs="+", default=[], help="image files or folders of them")
+    p.add_argument("positional", nargs="*", metavar="MODEL IMAGE", help="the older form: the model, then image files")
     p.add_argument("--out", required=True, help="output folder: OUT/<class>/<image stem>.png (0/255)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for LiteRT (default: all cores)")
     p.add_argument("--no-tta", action="store_true", help="skip the horizontal-flip test-time augmentation")
     add_debug_option(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    rest = list(args.positional)
+    args.model = args.model_flag or (rest.pop(0) if rest else None)
+    args.images = [*args.input, *rest]
+    if not args.model or not args.images:
+        p.error("give the model and the images: --model MODEL.tflite --input IMAGE_OR_FOLDER ...")
+    return args
 
 
 def run(argv) -> int:
     """Segment the images; 1 when one was skipped."""
     args = parse_args(argv)
     segmenter = EdgeSegmenter(args.model, args.threads)
-    return 1 if segment_files(segmenter, args.images, args.out, False if args.no_tta else None) else 0
+    paths = [path for given in args.images for path in list_images(given)]
+    return 1 if segment_files(segmenter, paths, args.out, False if args.no_tta else None) else 0
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,4 @@
-"""`python -m keras_unet.masks DATA_DIR --classes a,b --out OUT`: write the masks a Labelme folder rasterises to."""
+"""`python -m keras_unet.masks --input DATA_DIR --classes a,b --out OUT`: write the masks a Labelme folder rasterises to."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ def parse_args(argv):
         prog="python -m keras_unet.masks",
         description="Rasterise Labelme annotations into one 0/255 PNG mask per class and image.",
     )
-    parser.add_argument("data_dir", help="folder of Labelme .json files (searched recursively)")
+    parser.add_argument("--input", "--data", dest="data_dir", help="folder of Labelme .json files (searched recursively)")
+    parser.add_argument("positional_input", nargs="?", metavar="DATA_DIR", help="the same as --input (older form)")
     parser.add_argument("--classes", default="", help="comma-separated class names (default: labels.txt, "
                                                       "else every label found)")
     parser.add_argument("--out", required=True, help="output folder: OUT/<class>/<image stem>.png")
@@ -25,7 +26,11 @@ def parse_args(argv):
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave out unusable annotation files (listed in OUT/skipped.txt) instead of stopping")
     add_debug_option(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.data_dir = args.data_dir or args.positional_input
+    if not args.data_dir:
+        parser.error("give the data folder: --input DIR")
+    return args
 
 
 def run(argv) -> int:

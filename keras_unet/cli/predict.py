@@ -19,6 +19,7 @@ def parse_args(argv):
     add_inference_options(p)
     p.add_argument("--input", required=True, help="an image file, or a folder of them")
     p.add_argument("--out", required=True, help="output folder: <class>/<stem>.png, overlays/<stem>.png")
+    p.add_argument("--classes", help="comma-separated subset of the model's classes to write (default: all)")
     p.add_argument("--labelme", action="store_true", help="also write <stem>.json Labelme files of the polygons")
     p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out")
     p.add_argument("--rank", action="store_true", help="instead of segmenting every image: rank the images without "
@@ -45,7 +46,7 @@ def run(argv) -> int:
         result = rank_folder(predictor, args.input, args.out, settings, top=top, overwrite=args.overwrite)
     else:
         result = predict_folder(predictor, args.input, args.out, settings, labelme=args.labelme,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, classes=args.classes)
     return 1 if result["failed"] else 0
 
 

@@ -11,7 +11,7 @@ DEFAULTS = Config()
 
 # flag, the setting it overrides, its type, help; the help's default is read from Config, never written twice
 SETTINGS_TABLE = """
---data              data                str    Labelme folder (or train/ and val/ subfolders)
+--input             data                str    Labelme folder (or train/ and val/ subfolders); --data is the same
 --image-size        image_size          int    side of the square network input in pixels
 --batch-size        batch_size          int    global batch size, over all devices
 --epochs            epochs              int    number of epochs
@@ -38,6 +38,7 @@ SETTINGS_TABLE = """
 TYPES = {"str": str, "int": int, "float": float}
 SETTINGS = {flag: (key, TYPES[kind], text) for flag, key, kind, text in
             (line.split(maxsplit=3) for line in SETTINGS_TABLE.strip().splitlines())}
+ALIASES = {"--input": ("--data",)}  # one name for a command's input in every command; older names still work
 CHOICES = {"--loss": LOSSES, "--precision": PRECISIONS, "--upsampling": UPSAMPLING, "--checkpoint": ("best", "last")}
 
 
@@ -57,7 +58,8 @@ def parse_args(argv):
     for flag, (key, kind, text) in SETTINGS.items():
         default = default_of(key)
         shown = f" (default {default})" if default not in ("", None) else ""
-        p.add_argument(flag, type=kind, choices=CHOICES.get(flag), dest=key.replace(".", "__"), help=text + shown,
+        p.add_argument(flag, *ALIASES.get(flag, ()), type=kind, choices=CHOICES.get(flag), dest=key.replace(".", "__"),
+                       help=text + shown,
                        metavar=None if flag in CHOICES else key.split(".")[-1].upper())
     p.add_argument("--no-augment", action="store_true", help="switch augmentation off")
     p.add_argument("--skip-bad", action="store_true",

@@ -11,7 +11,7 @@ from keras_unet.config import PostprocessConfig
 from keras_unet.errors import DataError, KerasUnetError
 from keras_unet.imaging.overlay import draw_overlay, save_rgb
 from keras_unet.imaging.postprocess import mask_to_polygons
-from keras_unet.infer.predictor import Predictor
+from keras_unet.infer.predictor import Predictor, select_classes
 from keras_unet.io import images
 from keras_unet.io.files import prepare_out_dir
 from keras_unet.io.labelme import labelme_document, write_labelme
@@ -34,26 +34,31 @@ def labelme_prediction(masks: np.ndarray, classes, image_path, json_path) -> dic
 
 
 def predict_image(predictor: Predictor, image_path, out: Path, settings: PostprocessConfig,
-                  labelme: bool = False) -> np.ndarray:
-    """Segment one image file and write its masks, overlay and (optionally) Labelme file; returns the masks."""
+                  labelme: bool = False, classes=None) -> np.ndarray:
+    """Segment one image file and write its masks, overlay and (optionally) Labelme file; returns the masks.
+
+    classes: the subset of the model's classes to write (default: all)."""
+    classes = select_classes(predictor, classes)
     image_path = Path(image_path)
     image = images.read_image(image_path)
     _, masks = predictor.segment(image, settings)
+    masks = masks[..., [predictor.classes.index(name) for name in classes]]
     stem = image_path.stem
-    for c, name in enumerate(predictor.classes):
+    for c, name in enumerate(classes):
         images.write_png(out / name / f"{stem}.png", masks[..., c] * np.uint8(255))
     (out / "overlays").mkdir(parents=True, exist_ok=True)
-    save_rgb(out / "overlays" / f"{stem}.png", draw_overlay(image, masks, classes=predictor.classes, title=stem))
+    save_rgb(out / "overlays" / f"{stem}.png", draw_overlay(image, masks, classes=classes, title=stem))
     if labelme:
         json_path = out / f"{stem}.json"
-        write_labelme(json_path, labelme_prediction(masks, predictor.classes, image_path, json_path))
+        write_labelme(json_path, labelme_prediction(masks, classes, image_path, json_path))
     return masks
 
 
 def predict_folder(predictor: Predictor, source, out, settings: PostprocessConfig | None = None,
-                   labelme: bool = False, overwrite: bool = False, log=print, progress=True) -> dict:
+                   labelme: bool = False, overwrite: bool = False, log=print, progress=True, classes=None) -> dict:
     """Segment an image file or a folder of them into out/; bad images are reported and skipped."""
     settings = predictor.config.postprocess if settings is None else settings
+    classes = select_classes(predictor, classes)  # an unknown class stops before any file is written
     paths = images.list_images(source)
     out = prepare_out_dir(out, overwrite)
     bar = Progress(len(paths)) if progress else None
@@ -64,7 +69,7 @@ def predict_folder(predictor: Predictor, source, out, settings: PostprocessConfi
             if path.stem in stems:
                 raise DataError(path, f"has the same stem as {stems[path.stem].name}; its outputs would collide")
             stems[path.stem] = path
-            predict_image(predictor, path, out, settings, labelme)
+            predict_image(predictor, path, out, settings, labelme, classes)
             written += 1
         except KerasUnetError as exc:
             failed.append(str(path))

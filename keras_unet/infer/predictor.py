@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from keras_unet.classes import flip_permutation
+from keras_unet.classes import flip_permutation, parse_classes
 from keras_unet.config import Config, PostprocessConfig
 from keras_unet.errors import ConfigError, KerasUnetError
 from keras_unet.imaging import crops
@@ -129,3 +129,14 @@ def postprocess_settings(base: PostprocessConfig, enabled: bool = True, tta: boo
     if threshold is not None:
         changes.update(threshold=float(threshold), thresholds={})
     return dataclasses.replace(base, **changes)
+
+def select_classes(predictor: Predictor, classes) -> list[str]:
+    """The classes to use: all the model's, or the named subset of them (ConfigError for one it lacks)."""
+    classes = parse_classes(classes)
+    if not classes:
+        return list(predictor.classes)
+    unknown = [c for c in classes if c not in predictor.classes]
+    if unknown:
+        raise ConfigError(f"class(es) {', '.join(unknown)} not predicted by the model "
+                          f"(it predicts {', '.join(predictor.classes)})")
+    return list(classes)

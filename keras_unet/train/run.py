@@ -236,7 +236,7 @@ def _train_stage(config: Config, out: Path, resuming: bool, start, log, extra_tr
         log("note: horizontal flip is off: a left_*/right_* class has no partner in the class list")
 
     bad: list = []
-    train_samples, val_samples = load_samples(config, log, bad, require_pixels=not config.crops.classes)
+    train_samples, val_samples = load_samples(config, log, bad)
     train_samples = train_samples + list(extra_train)
     report_skipped(out, bad, log)
     write_json_atomic(out / SPLIT_FILE, {"train": [s.stem for s in train_samples], "val": [s.stem for s in val_samples]})

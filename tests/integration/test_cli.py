@@ -56,3 +56,52 @@ def test_require_pixels_names_the_classes_that_have_pixels(tmp_path):
     assert "rib (" in problem and " px)" in problem and "left_clavicle x40 shapes" in problem
     # without the requirement (evaluation, say), a class absent from a folder is a warning only
     assert len(prepare_samples(SAMPLE_DIR, ["rib", "nosuch"], cache_dir=tmp_path, log=None)) == 40
+
+
+FIXTURES = SAMPLE_DIR.parents[1] / "tests" / "fixtures" / "v0_1"
+
+
+def test_edge_takes_a_folder_and_the_flags_of_the_other_commands(tmp_path):
+    from keras_unet.cli.edge import main as edge_main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"phantom_00{i}.png").write_bytes((SAMPLE_DIR / f"phantom_00{i}.png").read_bytes())
+    model = FIXTURES / "export" / "model.tflite"
+    assert edge_main(["--model", str(model), "--input", str(folder), "--out", str(tmp_path / "a")]) == 0
+    assert sorted(p.name for p in (tmp_path / "a" / "rib").iterdir()) == [f"phantom_00{i}.png" for i in range(3)]
+    # the older positional form gives the same masks
+    assert edge_main([str(model), str(folder / "phantom_001.png"), "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "rib" / "phantom_001.png").read_bytes() == \
+        (tmp_path / "a" / "rib" / "phantom_001.png").read_bytes()
+
+
+def test_masks_takes_input_and_its_older_positional_form(tmp_path):
+    from keras_unet.cli.masks import main as masks_main
+
+    assert masks_main(["--input", str(SAMPLE_DIR), "--classes", "rib", "--out", str(tmp_path / "a")]) == 0
+    assert masks_main([str(SAMPLE_DIR), "--classes", "rib", "--out", str(tmp_path / "b")]) == 0
+    names = sorted(p.name for p in (tmp_path / "a" / "rib").iterdir())
+    assert len(names) == 40 and names == sorted(p.name for p in (tmp_path / "b" / "rib").iterdir())
+
+
+def test_predict_writes_only_the_classes_asked_for(tmp_path, capsys):
+    from keras_unet.cli.predict import main as predict_main
+
+    image = SAMPLE_DIR / "phantom_000.png"
+    out = tmp_path / "out"
+    assert predict_main(["--model", str(FIXTURES / "run"), "--input", str(image), "--out", str(out),
+                         "--classes", "rib"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["overlays", "rib"]
+    assert predict_main(["--model", str(FIXTURES / "run"), "--input", str(image), "--out", str(tmp_path / "x"),
+                         "--classes", "femur"]) == 2
+    assert "class(es) femur not predicted by the model" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_train_takes_input_and_data_as_the_same_flag():
+    from keras_unet.cli.train import config_from_args, parse_args
+
+    assert config_from_args(parse_args(["--input", "somewhere"])).data == "somewhere"
+    assert config_from_args(parse_args(["--data", "somewhere"])).data == "somewhere"
