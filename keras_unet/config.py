@@ -67,8 +67,11 @@ class PostprocessConfig:
     thresholds: dict = field(default_factory=dict)  # per-class override: {class: threshold}
     keep_largest: dict = field(default_factory=dict)  # {class: N}; absent = keep all components
     min_area: int = 0  # components below this many pixels (of the original image) are dropped
-    fill_holes: bool = True
+    fill_holes: object = True  # true: every class, false: none, or a list of the classes whose holes are filled
     tta: bool = True  # average with the horizontal flip (left/right classes swapped)
+    # training chooses keep_largest and fill_holes per class from the training masks where the user set none
+    # (imaging.postprocess.auto_postprocess) and writes the choice into config.json; false: the settings as given
+    auto: bool = True
 
 
 @dataclass
@@ -175,6 +178,9 @@ class Config:
              f"normalization.method must be one of {', '.join(NORMALIZATIONS)}"),
             (0.0 <= self.normalization.low < self.normalization.high <= 100.0,
              "normalization percentiles must satisfy 0 <= low < high <= 100"),
+            (isinstance(self.postprocess.fill_holes, bool) or (isinstance(self.postprocess.fill_holes, list) and all(
+                isinstance(c, str) for c in self.postprocess.fill_holes)),
+             f"postprocess.fill_holes must be true, false or a list of classes, got {self.postprocess.fill_holes!r}"),
             *self.pretrain_checks(),
             *self.refine_checks(),
             (self.self_train.epochs >= 1, f"self_train.epochs must be at least 1, got {self.self_train.epochs}"),

@@ -10,9 +10,19 @@ Holes are not traced: rasterising the polygons fills them, as does `fill_holes`.
 fewer than 3 vertices (a line or a dot) is dropped, as are components below min_area pixels. Rasterised back
 with cv2.fillPoly(mask, [np.round(p).astype(np.int32)], 1), hole-free blob-like masks come back with Dice of
 about 0.99 at epsilon 0.5 (exactly, bar dropped small components, at epsilon 0).
+
+Automatic clean-up (`choose_cleanup`, `auto_postprocess`; training runs them on its training masks when
+postprocess.auto is on): a class whose expert masks have at most N components in nearly every image (AUTO_SHARE of
+the images where it is present), N being at most AUTO_MAX_PARTS, and whose masks are hole-free in nearly every
+image is a structure of a few solid parts (a clavicle, both lungs in one channel): it gets keep_largest N and hole
+filling. A class of many parts (separate ribs in one channel) or with holes (the ribs of each side joined into one
+lattice, as in the bundled sample) gets neither: filling would close the spaces between the ribs, and keeping the
+largest would drop the pieces of a lattice the model did not join.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import cv2
 import numpy as np
@@ -82,6 +92,59 @@ def fill_holes(mask) -> np.ndarray:
     return (~outside).astype(np.uint8)
 
 
+AUTO_MAX_PARTS = 3  # most components per image for a class to count as a structure of a few parts
+AUTO_SHARE = 0.95  # "nearly every image": this share of the images where the class is present
+
+
+def mask_structure(mask) -> tuple[int, bool]:
+    """(number of 8-connected components, whether it has a hole) of a 2-D mask."""
+    m = _mask2d(mask)
+    return count_components(m), bool(np.any(fill_holes(m) != m))
+
+
+def choose_cleanup(structures) -> dict:
+    """The clean-up one class gets from its training masks' (components, has hole) pairs (mask_structure).
+
+    Returns {"parts": N, "keep_largest": N or None, "fill_holes": bool}; N is the fewest components that
+    AUTO_SHARE of the masks where the class is present stay within (0 when it is present in none). Both are on
+    for a class of at most AUTO_MAX_PARTS parts whose masks are hole-free in AUTO_SHARE of them, else both off."""
+    present = sorted(n for n, _ in structures if n > 0)
+    if not present:
+        return {"parts": 0, "keep_largest": None, "fill_holes": False}
+    parts = present[max(0, int(np.ceil(AUTO_SHARE * len(present))) - 1)]
+    holed = sum(1 for n, hole in structures if n > 0 and hole)
+    if parts > AUTO_MAX_PARTS or holed > (1 - AUTO_SHARE) * len(present):
+        return {"parts": parts, "keep_largest": None, "fill_holes": False}
+    return {"parts": parts, "keep_largest": parts, "fill_holes": True}
+
+
+def auto_postprocess(settings, structures: dict):
+    """A copy of the postprocess settings with the automatic per-class choice where the user set none.
+
+    structures: {class: [(components, has hole) of each training mask]}. A class named in keep_largest keeps the
+    user's N; fill_holes false or a list of classes is the user's and stays; true (the default) becomes the list
+    of the classes that choose_cleanup fills. Settings with auto off come back unchanged."""
+    if not getattr(settings, "auto", False):
+        return dataclasses.replace(settings)
+    choice = {name: choose_cleanup(found) for name, found in structures.items()}
+    largest = {name: c["keep_largest"] for name, c in choice.items() if c["keep_largest"] is not None}
+    largest.update(settings.keep_largest or {})
+    fill = settings.fill_holes
+    if fill is True:
+        fill = [name for name, c in choice.items() if c["fill_holes"]]
+    return dataclasses.replace(settings, keep_largest=largest, fill_holes=fill)
+
+
+def filled_classes(settings, classes) -> list:
+    """The classes whose holes clean_masks fills: fill_holes true (all), false (none) or a list of class names."""
+    fill = settings.fill_holes
+    if isinstance(fill, bool):
+        return list(classes) if fill else []
+    if not isinstance(fill, (list, tuple)):
+        raise ConfigError(f"postprocess.fill_holes must be true, false or a list of classes, got {fill!r}")
+    return list(_per_class(dict.fromkeys(fill), list(classes), "fill_holes"))
+
+
 def _per_class(setting: dict, classes: list, what: str) -> dict:
     unknown = sorted(set(setting) - set(classes))
     if unknown:
@@ -97,12 +160,14 @@ def class_thresholds(settings, classes) -> list[float]:
 
 
 def clean_masks(probs, classes, settings) -> np.ndarray:
-    """(H, W, C) uint8 0/1 masks from probabilities: threshold, then (when enabled) drop small, keep largest, fill."""
+    """(H, W, C) uint8 0/1 masks from probabilities: threshold, then (when enabled) drop small, keep largest, fill
+    holes (the classes of filled_classes)."""
     p = np.asarray(probs)
     classes = list(classes)
     if p.ndim != 3 or p.shape[-1] != len(classes):
         raise ValueError(f"probabilities of shape {p.shape} do not match {len(classes)} class(es)")
     largest = _per_class(dict(settings.keep_largest or {}), classes, "keep_largest")
+    filled = filled_classes(settings, classes)
     masks = threshold(p, class_thresholds(settings, classes))
     if not settings.enabled:
         return masks
@@ -110,7 +175,7 @@ def clean_masks(probs, classes, settings) -> np.ndarray:
         m = remove_small(masks[..., c], int(settings.min_area or 0))
         if name in largest:
             m = keep_largest(m, int(largest[name]))
-        if settings.fill_holes:
+        if name in filled:
             m = fill_holes(m)
         masks[..., c] = m
     return masks
