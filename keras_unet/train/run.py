@@ -32,6 +32,7 @@ from keras_unet.model.unet import model_from_config
 from keras_unet.run_folder import (BACKUP_DIR, CONFIG_FILE, CURVES_FILE, FIT_DONE, HISTORY_FILE, LOGS_DIR,
                                    METRICS_FILE, MODEL_FILE, PSEUDO_DIR, REFINE_DIR, SKIPPED_FILE, SPLIT_FILE)
 from keras_unet.train.callbacks import BestCheckpoint
+from keras_unet.train.card import write_model_card
 from keras_unet.train.fit import fit, resume_history
 from keras_unet.train.history import plot_curves, read_history
 from keras_unet.train.pretrain import check_start, list_unlabelled, start_from
@@ -299,6 +300,7 @@ def _train_stage(config: Config, out: Path, resuming: bool, start, log, extra_tr
         "version": __version__,
     }
     write_json_atomic(out / METRICS_FILE, result)
+    write_model_card(out, config, result, [s.spacing for s in [*train_samples, *val_samples]])
     shutil.rmtree(out / BACKUP_DIR, ignore_errors=True)
     per_class = ", ".join(f"{c} {v:.3f}" for c, v in result["val_dice_per_class"].items())
     log(f"validation Dice {result['val_dice']:.3f} ({per_class}); IoU {result['val_iou']:.3f}; "

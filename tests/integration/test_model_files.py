@@ -46,3 +46,13 @@ def test_model_keras_loads_with_keras_alone_in_a_fresh_interpreter(tmp_path):
     assert facts == {"ours": [], "compiled": False, "optimizer": False}
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), predictor.network(batch), atol=1e-5)
     assert REPO not in [p for p in sys.path if p]  # sanity: the check above did not rely on this process
+
+    # the run's model card says what the model is, with the run's own figures
+    card = (run / "model_card.md").read_text()
+    metrics = json.loads((run / "metrics.json").read_text())
+    split = json.loads((run / "split.json").read_text())
+    assert f"- images: {len(split['train'])} for training, {len(split['val'])} for validation" in card
+    assert len(split["train"]) == 32 and len(split["val"]) == 8
+    assert "- classes: left_clavicle, right_clavicle, rib" in card
+    assert f"- Dice {metrics['val_dice']:.3f}, IoU {metrics['val_iou']:.3f}" in card
+    assert "trained on synthetic phantoms only" in card
