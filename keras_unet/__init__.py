@@ -2,10 +2,7 @@
 
 The few names a notebook needs, loaded on first use (so `import keras_unet.edge` still pulls in no TensorFlow):
 
-    from keras_unet import Config, load_predictor, read_image, export_run
-
-(The subpackages keras_unet.train and keras_unet.evaluate hold training and scoring: keras_unet.train.run.train,
-keras_unet.evaluate.score.evaluate.)
+    from keras_unet import train_model, load_predictor, read_image, evaluate_model, export_model, Config
 """
 
 import importlib
@@ -16,6 +13,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 __version__ = "0.1.0"
 
 _PUBLIC = {  # name -> the module that defines it
+    "train_model": "keras_unet.api",
+    "evaluate_model": "keras_unet.api",
+    "export_model": "keras_unet.api",
     "Config": "keras_unet.config",
     "load_config": "keras_unet.config",
     "load_predictor": "keras_unet.infer.load",

@@ -1,4 +1,5 @@
-"""The README's Python examples run as written: the Deploy snippet in a process where TensorFlow cannot load."""
+"""The README's Python examples run as written: each block in a fresh process, the Deploy snippet where TensorFlow
+cannot load."""
 
 from __future__ import annotations
 
@@ -27,3 +28,18 @@ def test_the_deploy_snippet_runs_with_litert_alone(tmp_path):
                          env={"PYTHONPATH": f"{fake}:{REPO}", "PATH": "/usr/bin:/bin"}, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "(512, 512, 3) uint8 1 (512, 512, 3)", out.stdout
+
+
+def test_every_python_block_runs(tmp_path):
+    """Each block runs in a scratch folder that holds what the README's examples name (data/, export/, chest.png)."""
+    blocks = python_blocks()
+    assert len(blocks) >= 2
+    (tmp_path / "data").symlink_to(REPO / "data")
+    shutil.copytree(REPO / "tests" / "fixtures" / "v0_1" / "export", tmp_path / "export")
+    shutil.copy(SAMPLE_DIR / "phantom_000.png", tmp_path / "chest.png")
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "KERAS_UNET_CACHE": str(tmp_path / "cache"),
+           "HOME": str(tmp_path)}
+    for number, block in enumerate(blocks, 1):
+        out = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, env=env,
+                             timeout=600)
+        assert out.returncode == 0, f"README Python block {number} failed:\n{block}\n{out.stderr[-3000:]}"
