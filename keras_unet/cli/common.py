@@ -1,28 +1,128 @@
-"""Shared command-line plumbing: one-line errors for the project's own error types, the inference options."""
+"""Shared command-line plumbing: a quiet TensorFlow start-up, one-line errors for the project's own error types,
+the inference options."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
+import importlib.util
+import logging
+import os
+import re
 import sys
+import tempfile
+import warnings
 
 from keras_unet.errors import KerasUnetError
 from keras_unet.infer.load import load_predictor
 from keras_unet.infer.predictor import postprocess_settings
 
 
+# what TensorFlow's C++ side (absl logging) writes to fd 2 while it loads, whatever TF_CPP_MIN_LOG_LEVEL says:
+# `WARNING: All log messages before absl::InitializeLog() is called are written to STDERR` and
+# `I0000 00:00:1796124649.366924   17383 cudart_stub.cc:31] Could not find cuda drivers ...` (I, W or E; F stays)
+START_UP_NOISE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\) is called|"
+                            r"[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] ")
+
+
 def run_main(main, argv=None) -> int:
-    """Call main(argv); a KerasUnetError becomes `error: ...` on stderr and exit code 2 (traceback with --debug)."""
+    """Call main(argv); a KerasUnetError becomes `error: ...` on stderr and exit code 2 (traceback with --debug).
+
+    Without --debug, TensorFlow starts quietly: TF_CPP_MIN_LOG_LEVEL 3 (unless set to something else than the
+    package's default 2), its absl start-up lines dropped while `import tensorflow` runs (quiet_tensorflow_import),
+    and TensorFlow's and Keras's own Python warnings off; with --debug all of them show."""
     args = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in args
+    with contextlib.ExitStack() as quiet:
+        if not debug:
+            quiet.enter_context(quiet_tensorflow())
+        try:
+            return main(args) or 0
+        except KerasUnetError as exc:
+            if debug:
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+
+@contextlib.contextmanager
+def quiet_tensorflow():
+    """TensorFlow's start-up noise and its non-actionable Python warnings hidden while a command runs.
+
+    Nothing is imported here: a command that never needs TensorFlow (edge, phantom) still loads none."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") == "2":
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # the `failed call to cuInit ... (303)` error on a CPU machine
+    finder = None
+    if "tensorflow" not in sys.modules:
+        finder = _QuietImport()
+        sys.meta_path.insert(0, finder)
+    loggers = [logging.getLogger(name) for name in ("tensorflow", "absl")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
-        return main(args) or 0
-    except KerasUnetError as exc:
-        if debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        with warnings.catch_warnings():
+            for module in ("tensorflow", "keras", "absl", "google.protobuf"):
+                warnings.filterwarnings("ignore", module=rf"{re.escape(module)}(\.|$)")  # not keras_unet
+            yield
+    finally:
+        if finder in sys.meta_path:
+            sys.meta_path.remove(finder)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+class _QuietImport(importlib.abc.MetaPathFinder):
+    """Finds `tensorflow` once and loads it with quiet_fd2 (its absl start-up lines dropped)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once, and so that the real finders answer
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__spec__.loader = module.__loader__ = self.loader
+        with quiet_fd2():
+            self.loader.exec_module(module)
+
+
+@contextlib.contextmanager
+def quiet_fd2():
+    """File descriptor 2 into a temporary file for the duration; afterwards every line of it but START_UP_NOISE goes
+    to stderr (so a Python traceback or warning printed meanwhile still shows)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            try:
+                sys.stderr.flush()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            caught.seek(0)
+            kept = [line for line in caught.read().decode("utf-8", "replace").splitlines(keepends=True)
+                    if not START_UP_NOISE.match(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 def add_debug_option(parser) -> None:

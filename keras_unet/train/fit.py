@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import keras
 
 from keras_unet.errors import TrainingError
 from keras_unet.run_folder import BACKUP_DIR
-from keras_unet.train.callbacks import SafeBackup, StopOnNaN
+from keras_unet.train.callbacks import BestCheckpoint, EpochLine, SafeBackup, StopOnNaN
 from keras_unet.train.history import backup_epoch, repair_backup, trim_history
 
 
@@ -24,14 +25,16 @@ def resume_history(folder: Path, history: Path, resuming: bool, fit_done: bool =
 
 def fit(model, train_ds, epochs: int, folder: Path, history: Path, append: bool, val_ds=None, callbacks=(),
         what: str = "loss", advice: str = "") -> None:
-    """model.fit logging to history and backing up into folder/backup; TrainingError when the loss is not finite.
+    """model.fit logging to history and backing up into folder/backup, one short line per epoch on the console
+    (EpochLine; Keras prints nothing); TrainingError when the loss is not finite.
 
     callbacks run after the history row is written and before the backup: a kill in between repeats an epoch,
     never skips one."""
     nan_guard = StopOnNaN()
-    everything = [keras.callbacks.CSVLogger(str(history), append=append), *callbacks, nan_guard,
+    best = next((c.best for c in callbacks if isinstance(c, BestCheckpoint) and math.isfinite(c.best)), None)
+    everything = [keras.callbacks.CSVLogger(str(history), append=append), EpochLine(best), *callbacks, nan_guard,
                   SafeBackup(Path(folder) / BACKUP_DIR)]
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=everything, verbose=2,
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=everything, verbose=0,
               shuffle=False)  # the dataset shuffles itself
     if nan_guard.failed_at is not None:
         raise TrainingError(f"{folder}: the {what} became NaN/infinite (batch {nan_guard.failed_at}); {advice}")
