@@ -66,11 +66,17 @@ class Progress:
         self._width = len(line)
         self.stream.flush()
 
-    def say(self, line: str) -> None:
-        """Print a line without garbling the counter."""
+    def clear(self) -> None:
+        """Blank the counter's terminal line (before something else prints there); it is redrawn at the next step."""
         if self.tty and self._width:
             self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
             self._width = 0
+        self._last = 0.0
+
+    def say(self, line: str) -> None:
+        """Print a line without garbling the counter."""
+        self.clear()
         self.stream.write(line + "\n")
         self.stream.flush()
         self._last = 0.0

@@ -82,3 +82,14 @@ def test_time_left_wording():
     assert [time_left(s) for s in (0.2, 42, 59.4, 61, 7 * 60 + 10, 3600 * 2 + 5 * 60)] == [
         "about 1 s left", "about 42 s left", "about 59 s left", "about 1 min left", "about 7 min left",
         "about 2 h 5 min left"]
+
+
+def test_clear_blanks_the_terminal_line_and_nothing_in_a_log(clock):
+    terminal, log = FakeTerminal(), io.StringIO()
+    for stream in (terminal, log):
+        bar = Progress(2, stream=stream, unit="artefacts")
+        clock[0] += 5
+        bar.step()
+        bar.clear()  # before another stream (stdout) prints a line
+    assert terminal.getvalue() == "\r1/2 artefacts  (about 5 s left)\r" + " " * 31 + "\r"
+    assert log.getvalue() == "1/2 artefacts  (about 5 s left)\n"

@@ -32,6 +32,7 @@ from keras_unet.infer.runtimes import keras_network
 from keras_unet.io import images
 from keras_unet.io.files import build_folder, check_out_dir, folder_bytes, human_bytes, sha256_file
 from keras_unet.model.saving import float32_model, load_model
+from keras_unet.progress import Progress
 from keras_unet.run_folder import CONFIG_FILE, METADATA_FILE, MODEL_FILE, SPLIT_FILE
 
 PRECISION = {"saved_model": "float32", "tflite": "float32", "tflite_fp16": "float16 weights, float32 compute",
@@ -190,9 +191,17 @@ def write_artifacts(folder: Path, model, config, calibration, batch, reference, 
     saved_model = folder / (FILES["saved_model"] if keep else ".saved_model_source")
     if keep or any(f.startswith("tflite") for f in options.formats):
         write_saved_model(model, saved_model, config.image_size)  # what the TFLite converters read
+    bar = Progress(len(options.formats), unit="artefacts")  # one step per artefact, with the time left, on stderr
+
+    def say(line):
+        bar.clear()  # a terminal's counter line, before the artefact's line on stdout
+        log(line)
+
     for fmt in options.formats:
         metadata["artifacts"][fmt] = export_one(fmt, model, folder, saved_model, config, calibration, batch,
-                                                reference, options, log)
+                                                reference, options, say)
+        bar.step()
+    bar.close()
     if not keep:
         shutil.rmtree(saved_model, ignore_errors=True)
     metadata["parity_passed"] = all(a["parity_passed"] for a in metadata["artifacts"].values())
