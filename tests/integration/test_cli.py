@@ -105,3 +105,22 @@ def test_train_takes_input_and_data_as_the_same_flag():
 
     assert config_from_args(parse_args(["--input", "somewhere"])).data == "somewhere"
     assert config_from_args(parse_args(["--data", "somewhere"])).data == "somewhere"
+
+
+def test_train_accepts_line_width_as_documented():
+    from keras_unet.cli.train import config_from_args, parse_args
+
+    assert config_from_args(parse_args(["--line-width", "5"])).line_width == 5
+
+
+def test_the_readme_documents_every_loss_and_every_extra():
+    import tomllib
+
+    from keras_unet.config import LOSSES
+
+    readme = (SAMPLE_DIR.parents[1] / "README.md").read_text()
+    for name in LOSSES:
+        assert f"`{name}`" in readme, f"the loss {name} is accepted but not documented"
+    extras = tomllib.loads((SAMPLE_DIR.parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra in extras:
+        assert f'".[{extra}]"' in readme, f"the [{extra}] extra is not in the README"
