@@ -1,8 +1,13 @@
 """Pictures for people: predictions over X-rays, thumbnail sheets, and atomic PNG writes (OpenCV only).
 
 In an overlay the prediction is a semi-transparent fill in the class colour, and the ground truth a solid outline
-in the same colour edged in black, so the two read apart even where they coincide. The legend sits in a band
-below the image, never over the anatomy. Arrays are RGB uint8 throughout; only `save_rgb` converts to BGR.
+in the same colour on the truth's own boundary pixels, edged outside in black, so the two read apart even where they
+coincide. Outlines are 1 pixel wide up to 512 px images and grow by one pixel per doubling of the size beyond, so
+they do not hide thin structures. In an error overlay (`errors=True`) each class's pixels are coloured by how they
+compare with the ground truth instead: true positive, false positive (predicted, not in the truth) or false negative
+(in the truth, missed); where classes disagree about a pixel, a false negative shows over a false positive over a
+true positive. The legend sits in a band below the image, never over the anatomy. Arrays are RGB uint8 throughout;
+only `save_rgb` converts to BGR.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ import numpy as np
 OKABE_ITO = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
              (204, 121, 167)]
 FILL_ALPHA = 0.45
+# error overlays: Okabe-Ito bluish green, vermillion and blue, in the order they are painted (the last one wins)
+ERROR_COLORS = {"TP": (0, 158, 115), "FP": (213, 94, 0), "FN": (0, 114, 178)}
+ERROR_NAMES = {"TP": "true positive", "FP": "false positive", "FN": "false negative"}
+ERROR_ALPHA = 0.6
 BAND_COLOR = (24, 24, 24)
 SHEET_COLOR = (56, 56, 56)
 TEXT_COLOR = (240, 240, 240)
@@ -67,14 +76,22 @@ def _channels(mask, shape: tuple, what: str) -> np.ndarray:
     return m > 0
 
 
-def _line_width(shape: tuple) -> int:
-    return max(2, int(round(max(shape) / 400)))
+def line_width(shape: tuple) -> int:
+    """Outline width in pixels for an image of this shape: 1 up to 512 px, one more per doubling beyond."""
+    side = max(shape[:2])
+    return 1 if side <= 512 else 1 + int(math.floor(math.log2(side / 512)))
 
 
 def _outline(canvas: np.ndarray, mask: np.ndarray, color, width: int) -> None:
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(canvas, contours, -1, EDGE_COLOR, width + 4, cv2.LINE_AA)
-    cv2.drawContours(canvas, contours, -1, tuple(int(v) for v in color), width, cv2.LINE_AA)
+    """The mask's boundary, `width` pixels inside it, in colour; a black edge of about half that just outside."""
+    m = mask.astype(np.uint8)
+    if not m.any():
+        return
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    inner = cv2.erode(m, cross, iterations=width, borderType=cv2.BORDER_CONSTANT, borderValue=1)
+    outer = cv2.dilate(m, cross, iterations=max(1, width // 2))
+    canvas[(outer > 0) & (m == 0)] = EDGE_COLOR
+    canvas[(m > 0) & (inner == 0)] = tuple(int(v) for v in color)
 
 
 def _font(width: int) -> tuple[float, int, int]:
@@ -91,6 +108,15 @@ def _legend_items(names: list, colors: list, has_truth: bool, title) -> list:
     return items + [("text", key, None)]
 
 
+def _error_items(names: list, counts: np.ndarray, title) -> list:
+    """Legend of an error overlay: the three colours, then each class's TP / FP / FN pixel counts."""
+    items = [("text", str(title), None)] if title else []
+    items += [("class", f"{k} {ERROR_NAMES[k]}", color) for k, color in ERROR_COLORS.items()]
+    for name, (tp, fp, fn) in zip(names, counts):
+        items.append(("text", f"{name}: TP {tp}  FP {fp}  FN {fn} px", None))
+    return items
+
+
 def _layout(items: list, width: int, scale: float, stroke: int, line_height: int) -> list:
     """Items placed as (kind, text, colour, line, x): classes wrap to fit the width, other text gets its own line."""
     placed, line, margin = [], 0, line_height // 2
@@ -105,9 +131,9 @@ def _layout(items: list, width: int, scale: float, stroke: int, line_height: int
     return placed
 
 
-def _legend_band(width: int, names: list, colors: list, has_truth: bool, title) -> np.ndarray:
+def _legend_band(width: int, items: list, alpha: float = FILL_ALPHA) -> np.ndarray:
     scale, stroke, line_height = _font(width)
-    placed = _layout(_legend_items(names, colors, has_truth, title), width, scale, stroke, line_height)
+    placed = _layout(items, width, scale, stroke, line_height)
     lines = 1 + max(item[3] for item in placed)
     band = np.full((lines * line_height + line_height // 2, width, 3), BAND_COLOR, np.uint8)
     box, edge = int(line_height * 0.6), max(2, stroke)
@@ -116,7 +142,7 @@ def _legend_band(width: int, names: list, colors: list, has_truth: bool, title) 
         baseline = top + (line_height + int(27 * scale)) // 2
         if kind == "class":
             y0, x0 = top + (line_height - box) // 2, x + (line_height - box) // 2
-            fill = tuple(int(round(128 * (1 - FILL_ALPHA) + v * FILL_ALPHA)) for v in color)
+            fill = tuple(int(round(128 * (1 - alpha) + v * alpha)) for v in color)
             cv2.rectangle(band, (x0, y0), (x0 + box, y0 + box), fill, -1)
             cv2.rectangle(band, (x0, y0), (x0 + box, y0 + box), EDGE_COLOR, edge + 4, cv2.LINE_AA)
             cv2.rectangle(band, (x0, y0), (x0 + box, y0 + box), tuple(int(v) for v in color), edge, cv2.LINE_AA)
@@ -125,8 +151,19 @@ def _legend_band(width: int, names: list, colors: list, has_truth: bool, title) 
     return band
 
 
-def draw_overlay(image, pred, truth=None, classes=None, title=None) -> np.ndarray:
-    """RGB uint8 picture: image with prediction fills and ground-truth outlines per class, legend band below."""
+def error_masks(pred, truth) -> dict:
+    """{"TP", "FP", "FN"}: (H, W, C) bool masks of each class's true positives, false positives, false negatives."""
+    p, t = np.asarray(pred) > 0, np.asarray(truth) > 0
+    if p.shape != t.shape:
+        raise ValueError(f"prediction of shape {p.shape} does not match the ground truth's {t.shape}")
+    return {"TP": p & t, "FP": p & ~t, "FN": ~p & t}
+
+
+def draw_overlay(image, pred, truth=None, classes=None, title=None, errors: bool = False) -> np.ndarray:
+    """RGB uint8 picture: image with prediction fills and ground-truth outlines per class, legend band below.
+
+    errors=True (ground truth needed): each class's true positives, false positives and false negatives
+    in ERROR_COLORS instead, with their pixel counts per class in the legend."""
     grey = to_display(image)
     p = _channels(pred, grey.shape, "prediction")
     t = None if truth is None else _channels(truth, grey.shape, "ground truth")
@@ -135,17 +172,28 @@ def draw_overlay(image, pred, truth=None, classes=None, title=None) -> np.ndarra
     names = list(classes) if classes is not None else [f"class {i + 1}" for i in range(p.shape[-1])]
     if len(names) != p.shape[-1]:
         raise ValueError(f"{len(names)} class name(s) for {p.shape[-1]} mask channel(s)")
-    colors = class_colors(len(names))
     canvas = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    if errors:
+        if t is None:
+            raise ValueError("an error overlay needs the ground truth")
+        kinds = error_masks(p, t)
+        for kind, color in ERROR_COLORS.items():
+            m = kinds[kind].any(axis=-1)
+            canvas[m] = (grey[m, None].astype(np.float32) * (1 - ERROR_ALPHA)
+                         + np.array(color, np.float32) * ERROR_ALPHA)
+        counts = np.stack([kinds[k].sum(axis=(0, 1)) for k in ERROR_COLORS], axis=-1)
+        band = _legend_band(grey.shape[1], _error_items(names, counts, title), ERROR_ALPHA)
+        return np.concatenate([canvas.round().astype(np.uint8), band], axis=0)
+    colors = class_colors(len(names))
     for c, color in enumerate(colors):
         m = p[..., c]
         canvas[m] = canvas[m] * (1 - FILL_ALPHA) + np.array(color, np.float32) * FILL_ALPHA
     canvas = canvas.round().astype(np.uint8)
     if t is not None:
-        width = _line_width(grey.shape)
+        width = line_width(grey.shape)
         for c, color in enumerate(colors):
             _outline(canvas, t[..., c], color, width)
-    band = _legend_band(grey.shape[1], names, colors, t is not None, title)
+    band = _legend_band(grey.shape[1], _legend_items(names, colors, t is not None, title))
     return np.concatenate([canvas, band], axis=0)
 
 

@@ -79,7 +79,11 @@ def test_truth_outline_is_solid_and_differs_from_fill():
     np.testing.assert_array_equal(edge, color)
     assert np.abs(edge - fill).sum() > 60
     row = out[60].astype(int).sum(axis=1)
-    assert row[25:29].min() < 20 and row[32:36].min() < 20  # dark edge on both sides of the line
+    # 1 px line on the truth's own boundary pixels (column 30), a 1 px dark edge just outside (column 29);
+    # inside, the fill starts at once (the outline must not hide thin structures)
+    inside = out[60, 31].astype(int)
+    assert row[29] < 20 and row[28] > 60 and inside.sum() > 60 and np.abs(inside - color).sum() > 60
+    assert abs(hue(inside) - hue(color)) < 0.02  # the prediction fill
 
 
 def test_overlay_without_truth():
