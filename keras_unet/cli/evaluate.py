@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from keras_unet.cli.common import add_debug_option, add_inference_options, load_for_inference, run_main
-from keras_unet.evaluate.score import evaluate, parse_spacing
+from keras_unet.evaluate.score import SPLITS, evaluate, parse_spacing
 
 
 def parse_args(argv):
@@ -18,6 +18,10 @@ def parse_args(argv):
                                      "(default: each DICOM image's own PixelSpacing; this overrides it)")
     p.add_argument("--sweep", action="store_true", help="also report mean Dice per class at thresholds 0.1..0.9")
     p.add_argument("--classes", help="comma-separated subset of the model's classes to score (default: all)")
+    p.add_argument("--errors", action="store_true", help="overlays colour each class's true positives, false "
+                                                          "positives and false negatives instead of the plain fill")
+    p.add_argument("--split", choices=SPLITS, default="all",
+                   help="val: score only the run's validation images (split.json beside the model); default all")
     p.add_argument("--overwrite", action="store_true", help="replace the report files in an existing --out")
     add_debug_option(p)
     return p.parse_args(argv)
@@ -30,7 +34,7 @@ def run(argv) -> int:
     spacing = parse_spacing(args.spacing)
     predictor, settings = load_for_inference(args)
     evaluate(predictor, args.data, args.out, settings, spacing=spacing, sweep=args.sweep, classes=args.classes,
-             overwrite=args.overwrite)
+             overwrite=args.overwrite, errors=args.errors, split=args.split)
     return 0
 
 

@@ -3,7 +3,11 @@
 The report folder holds metrics.csv (a row per image and class), summary.json (statistics per class, the settings
 used, stray-component counts), report.md (a table per class, the five worst images), overlays/<stem>.png,
 contact_sheet.png and, with a threshold sweep, sweep.csv. Images are streamed: one image's probabilities are in
-memory at a time; the sweep keeps per-threshold tallies only.
+memory at a time; the sweep keeps per-threshold tallies only. With errors=True the overlays colour each class's true
+positives, false positives and false negatives instead of the plain prediction fill.
+
+The model's run folder says in split.json which images trained it: scoring any of them draws a one-line warning,
+and split="val" scores only the run's validation images (refused when the model has no split.json).
 
 A predicted mask has stray components when it has more 8-connected components than the ground truth of that
 image and class.
@@ -16,13 +20,14 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from keras_unet.classes import parse_classes
 from keras_unet.data.samples import prepare_samples
-from keras_unet.errors import ConfigError
+from keras_unet.errors import ConfigError, DataError
 from keras_unet.imaging.metrics import OVERLAP_METRICS, confusion, dice_from_counts, score_masks, summarize
 from keras_unet.imaging.overlay import draw_overlay, save_rgb
 from keras_unet.imaging.postprocess import clean_masks, count_components, stray_components
@@ -30,6 +35,7 @@ from keras_unet.infer.predictor import Predictor
 from keras_unet.io import images
 from keras_unet.io.files import prepare_out_dir
 from keras_unet.progress import Progress
+from keras_unet.run_folder import SPLIT_FILE
 from keras_unet.evaluate.report import (OVERLAY_DIR, format_sweep, format_table, write_contact_sheet,
                                         write_report, write_sweep)
 
@@ -80,6 +86,62 @@ def select_classes(predictor: Predictor, classes) -> list[str]:
         raise ConfigError(f"class(es) {', '.join(unknown)} not predicted by the model "
                           f"(it predicts {', '.join(predictor.classes)})")
     return list(classes)
+
+
+SPLITS = ("all", "val")
+STEMS_SHOWN = 3
+
+
+def find_split(source) -> Path | None:
+    """The split.json of a model's run: beside a model file, or in (or beside) a model folder; None without one."""
+    path = Path(source)
+    candidates = [path / SPLIT_FILE, path.parent / SPLIT_FILE] if path.is_dir() else [path.parent / SPLIT_FILE]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def read_split(path: Path) -> dict:
+    """{"train": [stems], "val": [stems]} of a split.json."""
+    try:
+        values = json.loads(Path(path).read_text())
+        return {key: [str(stem) for stem in values.get(key, [])] for key in ("train", "val")}
+    except (OSError, ValueError, AttributeError, TypeError):
+        raise DataError(path, "not a valid split file (expected \"train\" and \"val\" lists of stems)") from None
+
+
+def _stems_text(stems) -> str:
+    shown = ", ".join(stems[:STEMS_SHOWN])
+    return shown + (", ..." if len(stems) > STEMS_SHOWN else "")
+
+
+def training_overlap_warning(split_path, split: dict, samples) -> str | None:
+    """The one-line warning when images of the data folder trained the model (matched by stem), else None."""
+    trained = set(split["train"])
+    overlap = [s.stem for s in samples if s.stem in trained]
+    if not overlap:
+        return None
+    return (f"warning: {len(overlap)} of the {len(samples)} image(s) are in the model's training list "
+            f"({split_path}): {_stems_text(overlap)}; their scores overstate the model (--split val scores "
+            "the run's validation images only)")
+
+
+def select_split(samples, split, source) -> list:
+    """The samples to score: all of them (a warning on stderr when some trained the model), or split="val"'s."""
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    path = find_split(source)
+    if split == "all":
+        warning = path and training_overlap_warning(path, read_split(path), samples)
+        if warning:
+            print(warning, file=sys.stderr)
+        return samples
+    if path is None:
+        raise ConfigError(f"--split val: {source} has no {SPLIT_FILE} beside it, so its validation images are unknown")
+    val = set(read_split(path)["val"])
+    chosen = [s for s in samples if s.stem in val]
+    if not chosen:
+        raise ConfigError(f"--split val: none of the {len(samples)} image(s) is among the {len(val)} validation "
+                          f"image(s) of {path}")
+    return chosen
 
 
 def read_truth(sample) -> np.ndarray:
@@ -142,10 +204,12 @@ def score_image(stem, pred, truth, classes, spacing) -> list[dict]:
 
 
 def evaluate(predictor: Predictor, data_dir, out, settings=None, spacing=None, sweep: bool = False,
-             classes=None, overwrite: bool = False, log=print, progress: bool = True) -> dict:
+             classes=None, overwrite: bool = False, log=print, progress: bool = True, errors: bool = False,
+             split: str = "all") -> dict:
     """Score the predictor on a Labelme or image + mask folder and write the report folder; returns the summary.
 
     Distances in mm use `spacing` (row, column) for every image when given, else each DICOM image's own spacing.
+    errors: TP / FP / FN overlays. split: "all" the folder's images, or "val" those of the run's validation list.
     """
     settings = predictor.config.postprocess if settings is None else settings
     classes = select_classes(predictor, classes)
@@ -154,6 +218,7 @@ def evaluate(predictor: Predictor, data_dir, out, settings=None, spacing=None, s
     config = predictor.config
     samples = prepare_samples(data_dir, classes, cache_dir=config.cache_dir or None,
                               line_width=config.line_width, log=log)
+    samples = select_split(samples, split, predictor.source)
     clear_report(out)
     (out / OVERLAY_DIR).mkdir()
     tally = Sweep(classes) if sweep else None
@@ -173,7 +238,8 @@ def evaluate(predictor: Predictor, data_dir, out, settings=None, spacing=None, s
             rows.extend(image_rows)
             if tally:
                 tally.add(probs, truth, predictor.classes, channels, settings)
-            save_rgb(out / OVERLAY_DIR / f"{sample.stem}.png", draw_overlay(image, masks, truth, classes, title=sample.stem))
+            picture = draw_overlay(image, masks, truth, classes, title=sample.stem, errors=errors)
+            save_rgb(out / OVERLAY_DIR / f"{sample.stem}.png", picture)
             if bar:
                 bar.step()
     if bar:
