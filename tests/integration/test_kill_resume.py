@@ -11,7 +11,6 @@ import time
 import keras
 import pytest
 
-import keras_unet.model.losses  # noqa: F401  (registers the custom loss and metrics for loading)
 from conftest import REPO, SAMPLE_DIR
 
 EPOCHS = 4
