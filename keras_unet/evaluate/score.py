@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_unet.classes import parse_classes
 from keras_unet.data.samples import prepare_samples
 from keras_unet.errors import ConfigError, DataError
 from keras_unet.imaging.metrics import OVERLAP_METRICS, confusion, dice_from_counts, score_masks, summarize
 from keras_unet.imaging.overlay import draw_overlay, save_rgb
 from keras_unet.imaging.postprocess import clean_masks, count_components, stray_components
-from keras_unet.infer.predictor import Predictor
+from keras_unet.infer.predictor import Predictor, select_classes
 from keras_unet.io import images
 from keras_unet.io.files import prepare_out_dir
 from keras_unet.progress import Progress
@@ -75,17 +74,6 @@ def spacing_setting(override, spacings) -> tuple[list | str | None, str | None]:
         return list(found.pop()), "DICOM"
     return "per image", "DICOM"
 
-
-def select_classes(predictor: Predictor, classes) -> list[str]:
-    """The classes to score: all the model's, or the named subset of them."""
-    classes = parse_classes(classes)
-    if not classes:
-        return list(predictor.classes)
-    unknown = [c for c in classes if c not in predictor.classes]
-    if unknown:
-        raise ConfigError(f"class(es) {', '.join(unknown)} not predicted by the model "
-                          f"(it predicts {', '.join(predictor.classes)})")
-    return list(classes)
 
 
 SPLITS = ("all", "val")
