@@ -29,12 +29,15 @@ def describe(name: str, structures) -> str:
     return f"{name}: as predicted (up to {c['parts']} parts, {sum(present)} of {len(present)} masks with holes)"
 
 
-def resolve_postprocess(config: Config, log=print) -> Config:
+def resolve_postprocess(config: Config, log=print, train=None) -> Config:
     """The config with postprocess.keep_largest and fill_holes chosen from the training masks where the user set
-    none (see auto_postprocess); unchanged when postprocess.auto is off or the model is on crops."""
+    none (see auto_postprocess); unchanged when postprocess.auto is off or the model is on crops.
+
+    train: the training samples when the caller has them already (else they are read)."""
     if not config.postprocess.auto or config.crops.classes:
         return config
-    train, _ = load_samples(config, log=lambda *args, **kwargs: None, bad=[])
+    if train is None:
+        train, _ = load_samples(config, log=lambda *args, **kwargs: None, bad=[])
     structures = mask_structures(train, config.classes)
     log("post-processing from the training masks: " + "; ".join(describe(n, s) for n, s in structures.items()))
     return dataclasses.replace(config, postprocess=auto_postprocess(config.postprocess, structures))

@@ -175,8 +175,8 @@ def train(config: Config, overwrite: bool = False, log=print) -> dict:
     config = dataclasses.replace(config, classes=resolve_classes(config.classes, Path(config.data)),
                                  precision=resolve_precision(config.precision)).validate()
     start = check_start(config)  # --init-weights and --pretrain problems surface before the run directory is made
-    load_samples(config, log=None, require_pixels=True)  # so do unusable data and classes without any pixel
-    config = resolve_postprocess(config, log)  # per-class keep_largest and fill_holes from the training masks
+    train_samples, _ = load_samples(config, log=None, bad=[], require_pixels=True)  # and classes without a pixel
+    config = resolve_postprocess(config, log, train_samples)  # per-class keep_largest and fill_holes from them
     out = Path(config.out)
     resuming = prepare_run_dir(out, config, overwrite)
     result = _finished(out, "first stage", log) if resuming else None
