@@ -39,6 +39,37 @@ def _entropy(p: float) -> float:
     return float(-(p * np.log2(p) + (1 - p) * np.log2(1 - p)))
 
 
+def _numpy_score(maps, radius: int = 2) -> float:
+    """The class score as the module docstring defines it, in plain numpy (no keras_unet, no OpenCV).
+
+    R: pixels above 0.5 in any pass, dilated by the disk dy^2 + dx^2 <= radius^2; H: mean binary entropy (bits) of
+    the passes' mean over R; D: 1 - 2 sum(p1 p2) / (sum(p1^2) + sum(p2^2)) over R (0 with one pass);
+    score 1 - (1 - H)(1 - D), and 1 when R is empty."""
+    maps = [np.asarray(m, dtype=np.float64) for m in maps]
+    above = np.zeros(maps[0].shape, bool)
+    for m in maps:
+        above |= m > 0.5
+    if not above.any():
+        return 1.0
+    h, w = above.shape
+    region = np.zeros_like(above)
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            if dy * dy + dx * dx <= radius * radius:  # region[y, x] |= above[y - dy, x - dx], inside the image
+                region[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] |= \
+                    above[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    inside = [m[region] for m in maps]
+    mean = sum(inside) / len(inside)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bits = np.where((mean > 0) & (mean < 1), -(mean * np.log2(mean) + (1 - mean) * np.log2(1 - mean)), 0.0)
+    entropy = bits.mean()
+    if len(inside) == 1:
+        return float(entropy)
+    a, b = inside
+    disagreement = 1 - 2 * (a * b).sum() / ((a * a).sum() + (b * b).sum())
+    return float(1 - (1 - entropy) * (1 - disagreement))
+
+
 def _run(*argv) -> int:
     return predict_cli.main([str(a) for a in argv])
 
@@ -58,6 +89,13 @@ def test_entropy_term_on_a_tiny_example_by_hand():
     assert ranking.class_score([row], radius=1) == pytest.approx(0.766603, abs=1e-6)
     assert ranking.class_score([row, row], radius=1) == pytest.approx(0.766603, abs=1e-6)  # passes agree: D = 0
     assert ranking.class_score([row], radius=0) == pytest.approx(0.721928, abs=1e-6)  # region: pixel 0 only
+    # a pass at exactly 0.5 is not above the threshold: the region is pixel 0 alone, H = h(0.9) = 0.468996
+    # (with 0.5 counted in: (0.468996 + 1) / 2 = 0.734498)
+    assert ranking.class_score([np.array([[0.9, 0.5, 0.0]])], radius=0) == pytest.approx(0.468996, abs=1e-6)
+    # the plain-numpy score the other tests compare with gives the same hand-computed numbers
+    assert _numpy_score([row], radius=1) == pytest.approx(0.766603, abs=1e-6)
+    assert _numpy_score([row, row], radius=1) == pytest.approx(0.766603, abs=1e-6)
+    assert _numpy_score([row], radius=0) == pytest.approx(0.721928, abs=1e-6)
 
 
 def test_soft_dice_by_hand():
@@ -83,12 +121,10 @@ def test_flip_disagreement_raises_the_score():
     shifted = ranking.class_score([plain, _blob(centre=(20, 24))])
     apart = ranking.class_score([plain, _blob(centre=(20, 30), radius=6)])
     assert agree < 0.02 < 0.3 < shifted < apart <= 1.0
-    # the disagreement term on its own: 1 - soft Dice over the region, combined as 1 - (1 - H)(1 - D)
-    a, b = plain, _blob(centre=(20, 24))
-    region = ranking.uncertainty_region([a, b])
-    h = ranking.binary_entropy((a[region] + b[region]) / 2).mean()
-    d = 1 - soft_dice(a[region], b[region])
-    assert shifted == pytest.approx(1 - (1 - h) * (1 - d))
+    # entropy and disagreement over the dilated region, combined as 1 - (1 - H)(1 - D), recomputed in plain numpy
+    assert shifted == pytest.approx(_numpy_score([plain, _blob(centre=(20, 24))]), abs=1e-9)
+    assert apart == pytest.approx(_numpy_score([plain, _blob(centre=(20, 30), radius=6)]), abs=1e-9)
+    assert agree == pytest.approx(_numpy_score([plain, plain]), abs=1e-9)
 
 
 def test_empty_prediction_scores_one_unless_the_class_is_optional():
@@ -103,8 +139,11 @@ def test_class_scores_and_image_score():
     sure, empty = _blob(), np.zeros((40, 40))
     passes = [np.stack([sure, empty, sure], axis=-1)] * 2
     scores = ranking.class_scores(passes, CLASSES)
-    assert list(scores) == CLASSES and scores["right_clavicle"] == 1.0 and scores["rib"] < 0.02
-    assert ranking.image_score(scores) == pytest.approx((scores["left_clavicle"] + 1.0 + scores["rib"]) / 3)
+    sure_score = _numpy_score([sure, sure])  # an entropy term only: the two passes agree
+    assert sure_score < 0.02
+    assert scores == pytest.approx({"left_clavicle": sure_score, "right_clavicle": 1.0, "rib": sure_score}, abs=1e-9)
+    assert list(scores) == CLASSES
+    assert ranking.image_score(scores) == pytest.approx((2 * sure_score + 1.0) / 3, abs=1e-9)
     assert ranking.class_scores(passes, CLASSES, expected=["left_clavicle", "rib"])["right_clavicle"] == 0.0
     with pytest.raises(ValueError):
         ranking.class_scores(passes, CLASSES[:2])
@@ -282,13 +321,13 @@ def test_predict_rank_keeps_the_output_folder_safe_and_checks_options(tiny_run, 
     assert sorted(Path(row["image"]).name for row in rows) == sorted(p.name for p in scenes.glob("*.png"))
     predictor = load_predictor(tiny_run / "model.keras")
     one_pass_differs = []
-    for row in rows:  # each score is that of the plain and the mirrored pass of the run's model, by hand
+    for row in rows:  # each score is that of the plain and the mirrored pass of the run's model, in numpy
         passes = predictor.predict_passes(images.read_image(row["image"]), tta=True)
         assert len(passes) == 2
-        by_class = {c: ranking.class_score([p[..., k] for p in passes]) for k, c in enumerate(CLASSES)}
+        by_class = {c: _numpy_score([p[..., k] for p in passes]) for k, c in enumerate(CLASSES)}
         assert [float(row[c]) for c in CLASSES] == pytest.approx(list(by_class.values()), abs=2e-6)
         assert float(row["score"]) == pytest.approx(np.mean(list(by_class.values())), abs=2e-6)
-        plain = np.mean([ranking.class_score([passes[0][..., k]]) for k in range(len(CLASSES))])
+        plain = np.mean([_numpy_score([passes[0][..., k]]) for k in range(len(CLASSES))])
         one_pass_differs.append(abs(plain - float(row["score"])) > 1e-4)
     assert any(one_pass_differs)  # the mirrored pass went into the scores
     assert len(list(out.glob("*.json"))) == 4  # fewer images than the default top 10
