@@ -160,3 +160,25 @@ def test_argument_errors(tiny_run, tmp_path):  # noqa: F811
         run_evaluation(predictor, SAMPLE_DIR, tmp_path / "r", classes="heart", log=lambda line: None)
     with pytest.raises(ConfigError, match="threshold"):
         postprocess_settings(predictor.config.postprocess, threshold=0.0)
+
+
+def test_dicom_images_of_different_spacing_are_each_scored_in_their_own_millimetres(blob_run, tmp_path):  # noqa: F811
+    from helpers import write_dicom
+
+    folder = tmp_path / "dicom"
+    spacing = {"coarse": 0.5, "fine": 0.2}  # PixelSpacing of each image, square pixels
+    rng = np.random.default_rng(4)
+    for stem, mm in spacing.items():
+        image, truth = blob_scene(rng, 64, 80)
+        write_dicom(folder / f"{stem}.dcm", image.astype(np.uint16) * 257, PixelSpacing=[mm, mm])
+        for c, name in enumerate(CLASSES):  # the truth 3 px to the right of the blob: HD95 of a few pixels, not 0
+            write_image(folder / "masks" / name / f"{stem}.png", np.roll(truth[..., c], 3, axis=1) * np.uint8(255))
+    summary = run_evaluation(load_predictor(blob_run), folder, tmp_path / "r", log=lambda line: None, progress=False)
+    assert summary["settings"]["spacing_mm"] == "per image" and summary["settings"]["spacing_from"] == "DICOM"
+    rows = _csv(tmp_path / "r" / "metrics.csv")
+    assert sorted((r["image"], r["class"]) for r in rows) == sorted((s, c) for s in spacing for c in CLASSES)
+    for row in rows:
+        mm = spacing[row["image"]]
+        assert 1 <= float(row["hd95"]) < float("inf"), row  # a distance the spacing must scale
+        assert float(row["hd95_mm"]) == pytest.approx(float(row["hd95"]) * mm, rel=1e-9), row
+        assert float(row["assd_mm"]) == pytest.approx(float(row["assd"]) * mm, rel=1e-9), row
