@@ -126,8 +126,10 @@ def quiet_fd2():
 
 
 def add_debug_option(parser) -> None:
-    """--debug, which every command takes: full tracebacks instead of one-line errors."""
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    """--debug, which every command takes: full tracebacks instead of one-line errors, TensorFlow's start-up
+    messages and warnings."""
+    parser.add_argument("--debug", action="store_true",
+                        help="show full tracebacks, and TensorFlow's start-up messages and warnings")
 
 
 def add_inference_options(parser) -> None:

@@ -146,3 +146,15 @@ def test_a_resumed_run_marks_only_what_beats_the_earlier_best(clock):
     run_epochs(EpochLine(best=0.7, out=out, bar=io.StringIO()), clock, 5,
                [{"loss": 0.5, "val_dice": 0.6}, {"loss": 0.4, "val_dice": 0.75}])
     assert [line.split("  ")[2] for line in out.getvalue().splitlines()] == ["val Dice 0.600", "val Dice 0.750 *"]
+
+
+def test_time_left_leaves_out_the_first_epoch_which_also_traces_the_graph(clock):
+    out = io.StringIO()
+    line = EpochLine(out=out, bar=io.StringIO())
+    line.set_params({"epochs": 10, "steps": 1, "verbose": 0})
+    for epoch, seconds in enumerate((100, 30, 30)):
+        line.on_epoch_begin(epoch)
+        clock[0] += seconds
+        line.on_epoch_end(epoch, {"loss": 1.0, "val_dice": 0.5})
+    assert [text.split("  ")[-1] for text in out.getvalue().splitlines()] == [
+        "(about 15 min left)", "(about 4 min left)", "(about 4 min left)"]  # 9 x 100 s, 8 x 30 s, 7 x 30 s
