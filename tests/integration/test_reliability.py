@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -460,12 +461,20 @@ def test_nan_loss_after_a_good_epoch_keeps_that_epochs_model(tmp_path, monkeypat
         np.testing.assert_array_equal(got, want)  # epoch 0's model, not the diverged one
 
 
-def test_checkpoint_never_saves_a_diverged_epoch(tmp_path):
-    class Model:
-        def save(self, path):
-            path.write_text(f"{self.label}")
+class _Labelled:
+    """A stand-in model: what the checkpoint saves is its label."""
 
-    model, path = Model(), tmp_path / "model.keras"
+    label = ""
+
+
+def _save_label(monkeypatch):
+    monkeypatch.setattr("keras_unet.train.callbacks.save_for_inference",
+                        lambda model, path: Path(path).write_text(model.label))
+
+
+def test_checkpoint_never_saves_a_diverged_epoch(tmp_path, monkeypatch):
+    _save_label(monkeypatch)
+    model, path = _Labelled(), tmp_path / "model.keras"
     checkpoint = BestCheckpoint(path)
     checkpoint.set_model(model)
     model.label = "good"
@@ -476,12 +485,9 @@ def test_checkpoint_never_saves_a_diverged_epoch(tmp_path):
     assert path.read_text() == "good" and checkpoint.best == 0.4
 
 
-def test_checkpoint_last_keeps_every_finite_epoch(tmp_path):
-    class Model:
-        def save(self, path):
-            path.write_text(f"{self.label}")
-
-    model, path = Model(), tmp_path / "model.keras"
+def test_checkpoint_last_keeps_every_finite_epoch(tmp_path, monkeypatch):
+    _save_label(monkeypatch)
+    model, path = _Labelled(), tmp_path / "model.keras"
     checkpoint = BestCheckpoint(path, keep="last")
     checkpoint.set_model(model)
     for epoch, (label, loss, dice) in enumerate([("e0", 0.5, 0.6), ("e1", 0.4, 0.3), ("e2", math.nan, 0.9)]):
