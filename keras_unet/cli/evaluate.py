@@ -12,7 +12,8 @@ def parse_args(argv):
     """The parsed command line."""
     p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__)
     add_inference_options(p)
-    p.add_argument("--data", required=True, help="Labelme folder, or images with masks/<class>/<stem>.png")
+    p.add_argument("--input", "--data", dest="data", required=True,
+                   help="Labelme folder, or images with masks/<class>/<stem>.png (--data is the same flag)")
     p.add_argument("--out", required=True, help="report folder to write")
     p.add_argument("--spacing", help="pixel spacing in mm, 'S' or 'ROW,COL': adds HD95 and ASSD in mm "
                                      "(default: each DICOM image's own PixelSpacing; this overrides it)")

@@ -124,3 +124,10 @@ def test_the_readme_documents_every_loss_and_every_extra():
     extras = tomllib.loads((SAMPLE_DIR.parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     for extra in extras:
         assert f'".[{extra}]"' in readme, f"the [{extra}] extra is not in the README"
+
+
+def test_evaluate_takes_input_and_data_as_the_same_flag():
+    from keras_unet.cli.evaluate import parse_args
+
+    common = ["--model", "m", "--out", "o"]
+    assert parse_args(["--input", "folder", *common]).data == parse_args(["--data", "folder", *common]).data == "folder"
