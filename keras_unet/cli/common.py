@@ -29,7 +29,7 @@ def run_main(main, argv=None) -> int:
     """Call main(argv); a KerasUnetError becomes `error: ...` on stderr and exit code 2 (traceback with --debug).
 
     Without --debug, TensorFlow starts quietly: TF_CPP_MIN_LOG_LEVEL 3 (unless set to something else than the
-    package's default 2), its absl start-up lines dropped while `import tensorflow` runs (quiet_tensorflow_import),
+    package's default 2), its absl start-up lines dropped while `import tensorflow` runs (_QuietImport, quiet_fd2),
     and TensorFlow's and Keras's own Python warnings off; with --debug all of them show."""
     args = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in args
@@ -53,7 +53,8 @@ def quiet_tensorflow():
     """TensorFlow's start-up noise and its non-actionable Python warnings hidden while a command runs.
 
     Nothing is imported here: a command that never needs TensorFlow (edge, phantom) still loads none."""
-    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") == "2":
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+    if level in (None, "2"):
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # the `failed call to cuInit ... (303)` error on a CPU machine
     finder = None
     if "tensorflow" not in sys.modules:
@@ -71,8 +72,12 @@ def quiet_tensorflow():
     finally:
         if finder in sys.meta_path:
             sys.meta_path.remove(finder)
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+        for logger, logger_level in zip(loggers, levels):
+            logger.setLevel(logger_level)
+        if level is None:  # as it was (a TensorFlow imported meanwhile has read it already)
+            os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+        elif level == "2":
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = level
 
 
 class _QuietImport(importlib.abc.MetaPathFinder):

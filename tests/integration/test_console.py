@@ -65,7 +65,7 @@ def test_start_up_lines_that_are_not_noise_still_show():
               "    os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are written to "
               "STDERR\\n')\n"
               "    os.write(2, b'I0000 00:00:1796124649.366924   17383 cudart_stub.cc:31] Could not find cuda\\n')\n"
-              "    os.write(2, b'E0000 00:00:1796124656.569020   17383 cuda_platform.cc:52] failed call to cuInit\\n')\n"
+              "    os.write(2, b'E0000 00:00:1796124656.569020   17383 cuda_platform.cc:52] failed cuInit\\n')\n"
               "    os.write(2, b'F0000 00:00:1796124656.569020   17383 x.cc:1] a fatal check failed\\n')\n"
               "    print('a real problem', file=sys.stderr)\n"
               "print('after', file=sys.stderr)\n")
