@@ -29,7 +29,7 @@ from keras_unet.export.options import ExportOptions
 from keras_unet.export.parity import PARITY_THRESHOLD, compare, latency_ms, load_batch, predict_all, runner
 from keras_unet.infer.load import read_settings
 from keras_unet.infer.runtimes import keras_network
-from keras_unet.io import images
+from keras_unet.io import images, labelme
 from keras_unet.io.files import build_folder, check_out_dir, folder_bytes, human_bytes, sha256_file
 from keras_unet.model.saving import float32_model, load_model
 from keras_unet.progress import Progress
@@ -97,16 +97,25 @@ def run_images(run_dir: Path, config: Config) -> tuple[list, list]:
 
 
 def folder_images(folder, config: Config) -> list:
-    """A folder's images: those of its samples when it is a Labelme or image + masks/ folder, else its image files."""
+    """A folder's images: those of its samples when it holds Labelme JSON files or a masks/ folder, else its image
+    files. A sample folder's problems raise (DataError naming the first unusable file), never fall back to listing."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DataError(folder, "folder not found" if not folder.exists() else "not a folder")
+    if not labelme.walk_json(folder) and not (folder / "masks").is_dir():
+        return images.list_images(folder)
+    bad: list = []
     try:
-        return [s.image_path for s in prepare_samples(folder, config.classes, cache_dir=config.cache_dir or None,
-                                                      line_width=config.line_width, log=None)]
+        samples = prepare_samples(folder, config.classes, cache_dir=config.cache_dir or None,
+                                  line_width=config.line_width, log=None, skip_bad=True, bad=bad)
     except DataError:
-        pass
-    return images.list_images(folder)
+        if not bad:
+            raise
+    if bad:
+        path, problem = bad[0]
+        more = f"; {len(bad) - 1} more unusable annotation file(s) in {folder}" if len(bad) > 1 else ""
+        raise DataError(path, f"{problem} (in the calibration folder{more})")
+    return [s.image_path for s in samples]
 
 
 def spread(paths: list, n: int) -> list:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export_fixtures import CLASSES, SIZE, cached_run, exported, tiny_run  # noqa: F401 (session fixtures)
+from export_fixtures import CLASSES, HEIGHT, SIZE, WIDTH, cached_run, exported, tiny_run  # noqa: F401 (session fixtures)
 from keras_unet.cli import export as export_cli
 from keras_unet.errors import ConfigError, ExportError
 from keras_unet.export.options import ExportOptions
@@ -169,3 +169,105 @@ def test_bad_options_are_refused():
         parse_formats("tflite,coreml")
     with pytest.raises(ConfigError, match="int8-dice"):
         ExportOptions(int8_dice=1.5).validate()
+    with pytest.raises(ConfigError, match="--float-dice must be between 0 and 1, got 1.01"):
+        ExportOptions(float_dice=1.01).validate()  # a gate above 1 can never pass: refused before any work
+
+
+# -- calibration and parity images --------------------------------------------------------------------
+
+
+def _labelme_folder(folder: Path, broken: bool) -> Path:
+    """Two annotated images (one JSON unreadable when broken) and one without annotation."""
+    from labelme_factory import document, gradient, shape, write_image, write_json
+
+    for name in ("a", "b", "c"):
+        write_image(folder / f"{name}.png", gradient(HEIGHT, WIDTH))
+    box = [[10, 10], [30, 10], [30, 40], [10, 40]]
+    write_json(folder / "a.json", document([shape(CLASSES[0], box)], "a.png", HEIGHT, WIDTH))
+    write_json(folder / "b.json", "{ not json" if broken else document([shape(CLASSES[1], box)], "b.png", HEIGHT,
+                                                                          WIDTH))
+    return folder
+
+
+def test_calibration_folder_with_a_broken_labelme_file_is_an_error_naming_it(tiny_run, tmp_path, capsys):
+    pytest.importorskip("ai_edge_litert")
+    folder = _labelme_folder(tmp_path / "calibration", broken=True)
+    out = tmp_path / "export"
+    code = export_cli.main(["--model", str(tiny_run / "model.keras"), "--out", str(out), "--formats", "tflite_int8",
+                            "--calibration", str(folder)])
+    err = capsys.readouterr().err
+    assert code == 2
+    # one line, naming the JSON (was: the error swallowed and the folder's three PNGs calibrated on as plain images)
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"error: {folder / 'b.json'}: "), err
+    assert not out.exists()
+
+
+def test_calibration_folder_images_plain_or_from_its_samples(tiny_run, tmp_path):
+    from keras_unet.config import load_config
+    from keras_unet.export.exporter import folder_images
+
+    config = load_config(tiny_run / "config.json")
+    config.cache_dir = str(tmp_path / "cache")
+    plain = tmp_path / "plain"
+    for name in ("x.png", "y.jpg", "z.png"):
+        write_image_file(plain / name)
+    (plain / "notes.txt").write_text("not an image")
+    assert folder_images(plain, config) == [plain / "x.png", plain / "y.jpg", plain / "z.png"]
+    # a Labelme folder: its annotated images only (c.png has no JSON)
+    labelled = folder_images(_labelme_folder(tmp_path / "labelme", broken=False), config)
+    assert len(labelled) == 2
+    # an image + masks/ folder (the run's own data): its 16 images, each with masks
+    assert len(folder_images(Path(config.data), config)) == 16
+
+
+def write_image_file(path: Path) -> Path:
+    from labelme_factory import gradient, write_image
+
+    return write_image(path, gradient(HEIGHT, WIDTH))
+
+
+def test_calibration_and_parity_use_at_most_the_asked_number_of_images_and_the_int8_gate(tiny_run, tmp_path,
+                                                                                        monkeypatch, capsys):
+    pytest.importorskip("ai_edge_litert")
+    from keras_unet.export import convert
+
+    fed, given = [], []  # what the int8 converter's representative dataset yields, and the files it was made from
+    original = convert.calibration_data
+
+    def counting(paths, config):
+        given.append([Path(p).stem for p in paths])
+        generate = original(paths, config)
+
+        def counted():
+            for item in generate():
+                fed.append(item[0].shape)
+                yield item
+        return counted
+
+    monkeypatch.setattr(convert, "calibration_data", counting)
+    train_stems = json.loads((tiny_run / "split.json").read_text())["train"]  # 12 training, 4 validation images
+    base = ["--model", str(tiny_run / "model.keras"), "--formats", "tflite_int8"]
+
+    # 5 of the 12 training images; 50 asked, 4 validation images there; a gate of 1.0 no int8 model meets here
+    code = export_cli.main([*base, "--out", str(tmp_path / "a"), "--calibration-images", "5",
+                            "--parity-images", "50", "--int8-dice", "1.0"])
+    err = capsys.readouterr().err
+    metadata = json.loads((tmp_path / "a" / "metadata.json").read_text())
+    assert len(fed) == 5 and all(shape == (1, SIZE, SIZE, 1) for shape in fed)
+    assert len(set(given[0])) == 5 and set(given[0]) <= set(train_stems)
+    assert metadata["parity"]["images"] == 4
+    dice = metadata["artifacts"]["tflite_int8"]["parity"]["dice"]
+    assert dice < 1.0  # the premise of the gate: int8 flips a few pixels near 0.5
+    assert code == 1 and "PARITY FAILED: tflite_int8 (model_int8.tflite)" in err
+    assert metadata["parity_passed"] is False
+
+    # 200 asked, all 12 training images fed; 3 of the 4 validation images; a lenient gate passes
+    fed.clear()
+    given.clear()
+    code = export_cli.main([*base, "--out", str(tmp_path / "b"), "--calibration-images", "200",
+                            "--parity-images", "3", "--int8-dice", "0.5"])
+    err = capsys.readouterr().err
+    metadata = json.loads((tmp_path / "b" / "metadata.json").read_text())
+    assert len(fed) == 12 and sorted(given[0]) == sorted(train_stems)
+    assert metadata["parity"]["images"] == 3
+    assert code == 0 and "PARITY FAILED" not in err and metadata["parity_passed"] is True
