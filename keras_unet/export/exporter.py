@@ -33,7 +33,7 @@ from keras_unet.io import images, labelme
 from keras_unet.io.files import build_folder, check_out_dir, folder_bytes, human_bytes, sha256_file
 from keras_unet.model.saving import float32_model, load_model
 from keras_unet.progress import Progress
-from keras_unet.run_folder import CONFIG_FILE, METADATA_FILE, MODEL_FILE, SPLIT_FILE
+from keras_unet.run_folder import CONFIG_FILE, METADATA_FILE, MODEL_CARD, MODEL_FILE, SPLIT_FILE
 
 PRECISION = {"saved_model": "float32", "tflite": "float32", "tflite_fp16": "float16 weights, float32 compute",
              "tflite_int8": "int8 (full integer, uint8 input and output)", "onnx": "float32"}
@@ -175,6 +175,8 @@ def export_run(model_path, out, options: ExportOptions | None = None, log=print)
 
     def fill(folder: Path) -> None:
         write_artifacts(folder, model, config, calibration, batch, reference, options, metadata, log)
+        if (model_path.parent / MODEL_CARD).is_file():  # the model travels with its card
+            shutil.copy2(model_path.parent / MODEL_CARD, folder / MODEL_CARD)
 
     build_folder(out, fill, check=lambda: check_out_dir(out, options.overwrite, "export folder", keep=model_path))
     return metadata

@@ -271,3 +271,18 @@ def test_calibration_and_parity_use_at_most_the_asked_number_of_images_and_the_i
     assert len(fed) == 12 and sorted(given[0]) == sorted(train_stems)
     assert metadata["parity"]["images"] == 3
     assert code == 0 and "PARITY FAILED" not in err and metadata["parity_passed"] is True
+
+
+def test_the_model_card_travels_with_the_export(tiny_run, tmp_path):
+    pytest.importorskip("tf2onnx")
+    from keras_unet.export.exporter import export_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    card = "# Model card: tiny\n\n- classes: a, b\n"
+    (run / "model_card.md").write_text(card)
+    export_run(run / "model.keras", tmp_path / "with", ExportOptions(formats=("onnx",), parity_images=2), log=None)
+    assert (tmp_path / "with" / "model_card.md").read_text() == card
+    (run / "model_card.md").unlink()  # a run from before model cards: the export simply has none
+    export_run(run / "model.keras", tmp_path / "without", ExportOptions(formats=("onnx",), parity_images=2), log=None)
+    assert not (tmp_path / "without" / "model_card.md").exists()
