@@ -51,6 +51,7 @@ def test_training_prints_no_start_up_noise_and_one_short_line_per_epoch(tmp_path
     assert header[0] == "epoch" and {"loss", "val_dice", "val_loss", "dice", "iou"} <= set(header)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not NO_GPU, reason="the pinned noise lines are those of TensorFlow on a machine without CUDA")
 def test_debug_shows_the_start_up_noise(tmp_path):
     text = train(tmp_path, "--epochs", "1", "--debug")

@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, SAMPLE_DIR
 
 
@@ -30,6 +32,7 @@ def test_the_deploy_snippet_runs_with_litert_alone(tmp_path):
     assert out.stdout.strip().splitlines()[-1] == "(512, 512, 3) uint8 1 (512, 512, 3)", out.stdout
 
 
+@pytest.mark.slow
 def test_every_python_block_runs(tmp_path):
     """Each block runs in a scratch folder that holds what the README's examples name (data/, export/, chest.png)."""
     blocks = python_blocks()
