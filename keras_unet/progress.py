@@ -26,6 +26,26 @@ def time_left(seconds: float) -> str:
     return f"about {minutes // 60} h {minutes % 60} min left"
 
 
+class StatusLine:
+    """One terminal line redrawn in place (`\\r`), blanking what a longer earlier text left; clear() empties it."""
+
+    def __init__(self, stream):
+        self.stream, self.width = stream, 0
+
+    def draw(self, text: str) -> None:
+        """Show text on the line."""
+        self.stream.write("\r" + text.ljust(self.width))
+        self.stream.flush()
+        self.width = len(text)
+
+    def clear(self) -> None:
+        """Blank the line (before something else prints there); a no-op when nothing is shown."""
+        if self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+            self.width = 0
+
+
 class Progress:
     """A `done/total` counter on stderr with the time left once the first items are done.
 
@@ -37,7 +57,8 @@ class Progress:
         self.total, self.done, self.stream, self.every, self.unit = total, 0, stream or sys.stderr, every, unit
         self.tty = is_terminal(self.stream)
         self.stride = max(1, math.ceil(total / 20))  # not a terminal: a line every ~5 %, or every step if fewer
-        self._started, self._last, self._width, self._written = time.monotonic(), 0.0, 0, 0
+        self._line = StatusLine(self.stream)
+        self._started, self._last, self._written = time.monotonic(), 0.0, 0
 
     def text(self) -> str:
         """`12/40 images  (about 1 min left)`; the time left once something is done and something is left."""
@@ -54,24 +75,19 @@ class Progress:
             now = time.monotonic()
             if now - self._last >= self.every or self.done >= self.total:
                 self._last = now
-                self._draw(self.text())
+                self._line.draw(self.text())
         elif self.done >= self.total or self.done - self._written >= self.stride:
-            self._written = self.done
-            self.stream.write(self.text() + "\n")
-            self.stream.flush()
+            self._write_count()
 
-    def _draw(self, line: str) -> None:
-        """Redraw the terminal line, blanking what a longer previous line left."""
-        self.stream.write("\r" + line.ljust(self._width))
-        self._width = len(line)
+    def _write_count(self) -> None:
+        """The count as a line of its own (not a terminal)."""
+        self._written = self.done
+        self.stream.write(self.text() + "\n")
         self.stream.flush()
 
     def clear(self) -> None:
         """Blank the counter's terminal line (before something else prints there); it is redrawn at the next step."""
-        if self.tty and self._width:
-            self.stream.write("\r" + " " * self._width + "\r")
-            self.stream.flush()
-            self._width = 0
+        self._line.clear()
         self._last = 0.0
 
     def say(self, line: str) -> None:
@@ -85,10 +101,8 @@ class Progress:
         """End the counter's line (a terminal), or write the last count if it was not written (elsewhere)."""
         if self.tty:
             if self.done:
-                self._draw(self.text())  # the final count, however recently the last one was drawn
+                self._line.draw(self.text())  # the final count, however recently the last one was drawn
                 self.stream.write("\n")
                 self.stream.flush()
         elif self.done and self._written != self.done:
-            self._written = self.done
-            self.stream.write(self.text() + "\n")
-            self.stream.flush()
+            self._write_count()

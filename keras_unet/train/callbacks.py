@@ -14,7 +14,7 @@ import numpy as np
 
 from keras_unet.io.files import atomic_path, write_bytes_atomic
 from keras_unet.model.saving import save_for_inference
-from keras_unet.progress import is_terminal, time_left
+from keras_unet.progress import StatusLine, is_terminal, time_left
 
 class BestCheckpoint(keras.callbacks.Callback):
     """Keep the network with the best validation score (keep="best") or the latest epoch's ("last"), atomically."""
@@ -100,7 +100,8 @@ class EpochLine(keras.callbacks.Callback):
         self.best, self.every = best, every
         self._out, self._bar = out, bar
         self._durations: list[float] = []
-        self._epoch, self._started, self._drawn, self._width = 0, 0.0, 0.0, 0
+        self._epoch, self._started, self._drawn = 0, 0.0, 0.0
+        self._line = None  # the bar's StatusLine, made on the first draw
 
     @property
     def out(self):
@@ -134,24 +135,21 @@ class EpochLine(keras.callbacks.Callback):
         self._draw(bar, f"epoch {self._epoch + 1}/{self.params.get('epochs')}  {text}")
 
     def on_test_begin(self, logs=None):
-        bar = self.bar
-        if bar is not None and self._width:
-            self._draw(bar, f"epoch {self._epoch + 1}/{self.params.get('epochs')}  validating")
+        if self.bar is not None and self._line is not None and self._line.width:
+            self._draw(self.bar, f"epoch {self._epoch + 1}/{self.params.get('epochs')}  validating")
 
     def _draw(self, stream, text: str) -> None:
-        stream.write("\r" + text.ljust(self._width))
-        stream.flush()
-        self._width = len(text)
+        if self._line is None or self._line.stream is not stream:
+            self._line = StatusLine(stream)
+        self._line.draw(text)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         seconds = time.monotonic() - self._started
         self._durations.append(seconds)
-        bar = self.bar
-        if bar is not None and self._width:  # blank the bar before the line
-            bar.write("\r" + " " * self._width + "\r")
-            bar.flush()
-            self._width, self._drawn = 0, 0.0
+        if self.bar is not None and self._line is not None and self._line.width:  # blank the bar before the line
+            self._line.clear()
+            self._drawn = 0.0
         self.out.write(self.line(epoch, logs, seconds) + "\n")
         self.out.flush()
 
