@@ -82,3 +82,14 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a > 0, b > 0
     total = int(a.sum() + b.sum())
     return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+SMALL_SHAPES = [shape("rib", [[1, 1], [10, 1], [10, 10], [1, 10]]), shape("heart", [[0, 0], [5, 5]], "rectangle")]
+
+
+def small_dataset(data) -> Path:
+    """data/a.json and data/sub/b.json (with a clavicle too) over SMALL_SHAPES: the shared little Labelme folder."""
+    data = Path(data)
+    labelme_pair(data, "a", SMALL_SHAPES)
+    labelme_pair(data / "sub", "b", SMALL_SHAPES + [shape("clavicle", [[20, 2], [25, 2], [25, 8]])])
+    return data

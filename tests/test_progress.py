@@ -7,11 +7,7 @@ import pytest
 
 from keras_unet import progress
 from keras_unet.progress import Progress, time_left
-
-
-class FakeTerminal(io.StringIO):
-    def isatty(self):
-        return True
+from helpers import FakeTerminal
 
 
 @pytest.fixture

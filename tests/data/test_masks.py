@@ -5,17 +5,12 @@ import pytest
 
 from keras_unet.cli.masks import main
 from keras_unet.io.images import read_image
-from labelme_factory import gradient, labelme_pair, shape, write_image
-
-SHAPES = [shape("rib", [[1, 1], [10, 1], [10, 10], [1, 10]]), shape("heart", [[0, 0], [5, 5]], "rectangle")]
+from labelme_factory import gradient, small_dataset, write_image
 
 
 @pytest.fixture
 def dataset(tmp_path):
-    data = tmp_path / "data"
-    labelme_pair(data, "a", SHAPES)
-    labelme_pair(data / "sub", "b", SHAPES + [shape("clavicle", [[20, 2], [25, 2], [25, 8]])])
-    return data
+    return small_dataset(tmp_path / "data")
 
 
 def test_cli_writes_class_folders(dataset, tmp_path, capsys):

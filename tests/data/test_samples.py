@@ -15,7 +15,8 @@ from keras_unet.data.samples import prepare_samples, resolve_classes
 from keras_unet.errors import ConfigError, DataError
 from keras_unet.io import labelme
 from keras_unet.io.images import read_image
-from labelme_factory import dice, document, gradient, labelme_pair, png_bytes, shape, write_image, write_json
+from labelme_factory import (SMALL_SHAPES, dice, document, gradient, labelme_pair, png_bytes, shape, small_dataset,
+                             write_image, write_json)
 
 
 def _annotation(shapes, height=30, width=30) -> labelme.Annotation:
@@ -121,7 +122,7 @@ def test_polygons_traced_from_masks_give_the_masks_back(cx, cy, ax, ay, angle):
 
 # -- prepare_samples ----------------------------------------------------------------------------------
 
-SHAPES = [shape("rib", [[1, 1], [10, 1], [10, 10], [1, 10]]), shape("heart", [[0, 0], [5, 5]], "rectangle")]
+SHAPES = SMALL_SHAPES
 
 
 def _snapshot(folder: Path) -> dict:
@@ -130,10 +131,7 @@ def _snapshot(folder: Path) -> dict:
 
 @pytest.fixture
 def dataset(tmp_path):
-    data = tmp_path / "data"
-    labelme_pair(data, "a", SHAPES)
-    labelme_pair(data / "sub", "b", SHAPES + [shape("clavicle", [[20, 2], [25, 2], [25, 8]])])
-    return data
+    return small_dataset(tmp_path / "data")
 
 
 def test_prepare_samples_layout(dataset, tmp_path):

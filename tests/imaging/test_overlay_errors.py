@@ -92,11 +92,17 @@ def test_line_width_is_one_pixel_up_to_512_and_grows_gently():
     assert [line_width((600, 1024)), line_width((2048, 1800)), line_width((4096, 10))] == [2, 3, 4]
 
 
+def ramp(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A size x size 16-bit horizontal ramp and the grey (0..255) the overlay shows it as: its 1st..99th
+    percentile stretched, worked out here in plain numpy."""
+    image = np.tile(np.arange(size, dtype=np.uint16), (size, 1))
+    lo, hi = np.percentile(image.astype(float), [1, 99])
+    return image, np.clip(np.round((image.astype(float) - lo) * 255 / (hi - lo)), 0, 255).astype(int)
+
+
 def test_outline_does_not_hide_a_thin_structure():
     """A 3 px wide truth strip at 512 px: 1 px outline on its edge pixels, the prediction fill in its middle."""
-    image = np.tile(np.arange(512, dtype=np.uint16), (512, 1))
-    lo, hi = np.percentile(image.astype(float), [1, 99])
-    grey = np.clip(np.round((image.astype(float) - lo) * 255 / (hi - lo)), 0, 255).astype(int)
+    image, grey = ramp(512)
     truth = np.zeros((512, 512), np.uint8)
     truth[100:400, 200:203] = 1
     pred = truth.copy()
@@ -113,9 +119,7 @@ def test_outline_does_not_hide_a_thin_structure():
 
 
 def test_outline_is_two_pixels_at_1024():
-    image = np.tile(np.arange(1024, dtype=np.uint16), (1024, 1))
-    lo, hi = np.percentile(image.astype(float), [1, 99])
-    grey = np.clip(np.round((image.astype(float) - lo) * 255 / (hi - lo)), 0, 255).astype(int)
+    image, grey = ramp(1024)
     truth = np.zeros((1024, 1024), np.uint8)
     truth[100:200, 100:200] = 1
     out = draw_overlay(image, np.zeros_like(truth), truth, classes=["a"]).astype(int)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from helpers import FakeTerminal
 from keras_unet.train import callbacks
 from keras_unet.train.callbacks import EpochLine
 
@@ -89,11 +90,6 @@ def test_a_failing_tensorflow_import_still_shows_its_error(tmp_path):
                           env=env)
     assert proc.returncode == 1
     assert "half-loaded" in proc.stderr and "ImportError: libfoo.so" in proc.stderr.splitlines()[-1]
-
-
-class FakeTerminal(io.StringIO):
-    def isatty(self):
-        return True
 
 
 @pytest.fixture
