@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_unet.errors import DataError, last_line
+from keras_unet.io.files import check_regular, is_file
 
 SUFFIXES = (".dcm", ".dicom")
 MAGIC_OFFSET = 128  # the preamble's length: "DICM" follows it
@@ -51,6 +52,8 @@ def is_dicom_file(path) -> bool:
     """Whether a file is DICOM by its name or its first bytes (reads 132 bytes at most)."""
     if has_suffix(path):
         return True
+    if not is_file(path):  # a FIFO or device is never opened: reading it could block
+        return False
     try:
         with open(path, "rb") as handle:
             return has_magic(handle.read(MAGIC_OFFSET + len(MAGIC)))
@@ -166,6 +169,7 @@ def read_spacing(source) -> tuple[float, float] | None:
         name, dataset = "imageData", parse(bytes(source), "imageData", pixels=False)
     else:
         name = source
+        check_regular(source)  # pydicom opens the path itself: never a FIFO or device
         with _reading(source):
             dataset = _pydicom(source).dcmread(str(source), stop_before_pixels=True)
     with _reading(name, "read the DICOM pixel spacing"):

@@ -2,53 +2,139 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
+from keras_unet.errors import ConfigError, DataError, KerasUnetError
 
-from keras_unet.errors import ConfigError, DataError
+
+_KINDS = ((stat.S_ISDIR, "is a folder, not an image file"), (stat.S_ISFIFO, "is a FIFO (named pipe), not a regular file"),
+          (stat.S_ISCHR, "is a character device, not a regular file"),
+          (stat.S_ISBLK, "is a block device, not a regular file"), (stat.S_ISSOCK, "is a socket, not a regular file"))
+
+
+def not_regular(mode: int) -> str | None:
+    """Why a file of this st_mode cannot be read as a file ('is a FIFO (named pipe), ...'), None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((problem for test, problem in _KINDS if test(mode)), "is not a regular file")
+
+
+def check_regular(path) -> os.stat_result:
+    """The stat of a regular file (or a link to one); DataError naming anything else (a FIFO, device, folder...)."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    except (OSError, ValueError) as error:
+        raise DataError(path, f"cannot read the file ({getattr(error, 'strerror', None) or error})") from None
+    problem = not_regular(status.st_mode)
+    if problem:
+        raise DataError(path, problem)
+    return status
 
 
 def read_bytes(path) -> bytes:
-    """A file's bytes, raising DataError for a missing or unreadable file."""
+    """A file's bytes, raising DataError for a missing, unreadable or non-regular file (never blocks on a FIFO)."""
     path = Path(path)
+    check_regular(path)
     try:
-        if not path.exists():
-            raise DataError(path, "file not found")
-        if path.is_dir():
-            raise DataError(path, "is a folder, not an image file")
-        return np.fromfile(path, dtype=np.uint8).tobytes()
+        # O_NONBLOCK: should the name turn into a FIFO after the check, opening it still returns at once
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except (OSError, ValueError) as error:
         raise DataError(path, f"cannot read the file ({getattr(error, 'strerror', None) or error})") from None
+    with os.fdopen(fd, "rb") as handle:
+        problem = not_regular(os.fstat(fd).st_mode)
+        if problem:
+            raise DataError(path, problem)
+        try:
+            return handle.read()
+        except MemoryError:
+            raise DataError(path, f"too large to read into memory ({human_bytes(os.fstat(fd).st_size)})") from None
+        except OSError as error:
+            raise DataError(path, f"cannot read the file ({error.strerror or error})") from None
+
+
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class DiskFullError(KerasUnetError):
+    """A write that found no space left: names the folder, the file and how much space the write needed."""
+
+    def __init__(self, path, needed: int | None = None, at_least: bool = False):
+        path = Path(path)
+        self.folder, self.needed = path.parent, needed
+        amount = "more space" if needed is None else f"{'at least ' if at_least else ''}{human_bytes(needed)}"
+        free = free_bytes(path.parent)
+        there = "" if free is None else f", {human_bytes(free)} free there"
+        super().__init__(f"{path.parent}: no space left on the disk: writing {path.name} needed {amount}{there}; "
+                         "free some space and run the same command again (finished files are kept as they were)")
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """Whether an exception (or one it was raised from) is 'no space left on device' or 'disk quota exceeded'."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, DiskFullError) or (isinstance(error, OSError) and error.errno in _DISK_FULL):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def free_bytes(folder) -> int | None:
+    """Free space of the file system holding folder (or its nearest existing parent), None when unknown."""
+    folder = Path(os.path.abspath(folder))
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
 
 
 def _temporary_name(path: Path, suffix: str = ".tmp") -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}")
 
 
+def _size(path: Path) -> int:
+    try:
+        return folder_bytes(path) if path.exists() else 0
+    except OSError:
+        return 0
+
+
 @contextmanager
-def atomic_path(path, suffix: str = ".tmp"):
+def atomic_path(path, suffix: str = ".tmp", needed: int | None = None):
     """Yield a temporary path beside `path` for a writer to fill; rename it into place only if the block succeeds.
 
-    suffix: the temporary file's ending, for writers that choose the format by it (".keras", ".weights.h5")."""
+    suffix: the temporary file's ending, for writers that choose the format by it (".keras", ".weights.h5").
+    A full disk raises DiskFullError (needed: the write's size when known); the temporary file is always removed
+    and an earlier file at `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_name(path, suffix)
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
+        written = _size(tmp)
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        if is_disk_full(error) and not isinstance(error, DiskFullError):
+            if needed is not None:
+                raise DiskFullError(path, needed) from None
+            raise DiskFullError(path, max(written, _size(path)), at_least=True) from None
         raise
 
 
@@ -56,7 +142,7 @@ def write_bytes_atomic(path, data: bytes, durable: bool = False) -> None:
     """Write bytes through a temporary file in the same folder and os.replace (durable: fsync before)."""
     path = Path(path)
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, needed=len(data)) as tmp:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -83,8 +169,8 @@ def is_inside(path, folder) -> bool:
 def is_file(path) -> bool:
     """Whether path names a regular file (or a link to one); False for names the system cannot even look up."""
     try:
-        return Path(path).is_file()
-    except (OSError, ValueError):  # a name too long, a NUL byte: reading it reports the problem
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):  # missing, a name too long, a NUL byte: reading it reports the problem
         return False
 
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from keras_unet.errors import DataError, last_line
+from keras_unet.errors import DataError, KerasUnetError, last_line
 from keras_unet.io import dicom
-from keras_unet.io.files import read_bytes, write_bytes_atomic
+from keras_unet.io.files import check_regular, is_file, read_bytes, write_bytes_atomic
 
 MAX_PIXELS = 100_000_000  # images with more pixels than this are refused (about 10000 x 10000)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", *dicom.SUFFIXES)
@@ -29,21 +31,35 @@ def read_image(path) -> np.ndarray:
 
 
 def is_image_file(path) -> bool:
-    """Whether a folder entry is an image to read: a known suffix, or DICOM's 'DICM' marker (hidden files excluded)."""
+    """Whether a folder entry is an image to read: a known suffix, or DICOM's 'DICM' marker (hidden files excluded).
+
+    Only regular files are opened to look for the marker; a FIFO, device or socket with an image suffix counts,
+    so that reading it names the problem."""
     path = Path(path)
-    if path.name.startswith(".") or not path.is_file():
+    if path.name.startswith("."):
         return False
-    return path.suffix.lower() in IMAGE_SUFFIXES or dicom.is_dicom_file(path)
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    if stat.S_ISDIR(mode):
+        return False
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    return stat.S_ISREG(mode) and dicom.is_dicom_file(path)
 
 
 def list_images(path, recursive: bool = False, skip=(), purpose: str = "") -> list[Path]:
     """An image file as a one-item list, or a folder's image files (DICOM of any name too), sorted.
 
-    recursive: subfolders too, except hidden ones and those named in skip; purpose names the use in errors."""
+    recursive: subfolders too, except hidden ones and those named in skip; purpose names the use in errors.
+    A FIFO, device or socket given as the input is refused; in a folder, those with an image suffix are listed
+    (reading one raises a DataError naming it) and the others are left out unopened."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(path, "input not found")
-    if path.is_file():
+    if not path.is_dir():
+        check_regular(path)
         return [path]
     found = []
     for root, folders, files in os.walk(path):
@@ -68,14 +84,34 @@ def float_to_uint16(image: np.ndarray) -> np.ndarray:
 
 def read_spacing(source) -> tuple[float, float] | None:
     """Pixel spacing (row, column) in mm of a DICOM image (a path or its bytes); None for other formats."""
-    if isinstance(source, (bytes, bytearray)):
-        return dicom.read_spacing(source) if dicom.has_magic(source) else None
-    return dicom.read_spacing(source) if dicom.is_dicom_file(source) else None
+    with decoding(source if not isinstance(source, (bytes, bytearray)) else "imageData", "read the pixel spacing"):
+        if isinstance(source, (bytes, bytearray)):
+            return dicom.read_spacing(source) if dicom.has_magic(source) else None
+        return dicom.read_spacing(source) if is_file(source) and dicom.is_dicom_file(source) else None
 
 
 
 def decode_image(data: bytes, source) -> np.ndarray:
     """Decode image file bytes as a 2-D grayscale array; `source` names the file in errors."""
+    with decoding(source):
+        return _decode_image(data, source)
+
+
+@contextmanager
+def decoding(source, what: str = "decode the image"):
+    """Whatever a decoder raises (OpenCV, Pillow, pydicom: any type, a MemoryError too) as one DataError naming
+    the file."""
+    try:
+        yield
+    except KerasUnetError:
+        raise
+    except MemoryError:
+        raise DataError(source, f"cannot {what}: it needs more memory than there is (corrupt size fields?)") from None
+    except Exception as error:
+        raise DataError(source, f"cannot {what} ({type(error).__name__}: {last_line(error)[:200]})") from None
+
+
+def _decode_image(data: bytes, source) -> np.ndarray:
     if len(data) == 0:
         raise DataError(source, "empty file (0 bytes), not an image")
     if dicom.is_dicom(data, source):
@@ -105,6 +141,11 @@ def decode_image(data: bytes, source) -> np.ndarray:
 
 def image_dimensions(data: bytes, source) -> tuple[int, int]:
     """(height, width) of an image file's bytes, read from the header where the format allows."""
+    with decoding(source, "read the image's size"):
+        return _image_dimensions(data, source)
+
+
+def _image_dimensions(data: bytes, source) -> tuple[int, int]:
     if data and dicom.is_dicom(data, source):
         size = dicom.image_dimensions(dicom.parse(data, source, pixels=False), source)
         _check_size(*size, source)
