@@ -1,5 +1,5 @@
 """`keras-unet COMMAND ...`: one installed command for every tool (train, evaluate, predict, export, masks, edge,
-phantom); each subcommand takes the same flags as its script."""
+phantom, serve); each subcommand takes the same flags as its script."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ COMMANDS = {
     "masks": "write the masks a Labelme folder rasterises to",
     "edge": "segment images with an exported .tflite model and LiteRT alone",
     "phantom": "write a synthetic sample data set",
+    "serve": "serve a model to annotation tools (X-AnyLabeling) over HTTP; needs the serve extra",
 }
 
 

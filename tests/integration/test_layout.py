@@ -15,7 +15,7 @@ from conftest import REPO
 
 PACKAGE = REPO / "keras_unet"
 GROUND = ("errors", "config", "classes", "run_folder", "progress")
-LEVEL = {"io": 1, "imaging": 2, "data": 3, "model": 3, "infer": 4, "train": 5, "evaluate": 5, "export": 5, "cli": 6, "api": 6}
+LEVEL = {"io": 1, "imaging": 2, "data": 3, "model": 3, "infer": 4, "train": 5, "evaluate": 5, "export": 5, "serve": 5, "cli": 6, "api": 6}
 SHIMS = ("masks", "edge", "phantom")  # `python -m keras_unet.X`: the command lines, kept at their old names
 TOP_LEVEL = 7
 MAX_LINES = 400

@@ -1,0 +1,59 @@
+"""Run the model server with uvicorn on one listening socket: loopback by default, any other address only with a
+token; the socket is bound before the model loads, so a taken port is one error line, not a traceback."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from keras_unet.errors import ConfigError, first_line
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000  # X-AnyLabeling's default server is http://localhost:8000
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a --host value reaches this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """ConfigError for an address beyond this machine without a token."""
+    if not is_loopback(host) and not token:
+        raise ConfigError(f"--host {host} makes the server reachable from other machines; set --token (or "
+                          "KERAS_UNET_SERVE_TOKEN) so that every request must carry it, or keep the default "
+                          f"--host {DEFAULT_HOST}")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: a free one), or ConfigError in one line."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535, got {port}")
+    name = "localhost" if host.strip().lower() == "localhost" else host.strip("[]")
+    try:
+        family = socket.AF_INET6 if ":" in name else socket.AF_INET
+        if name == "localhost":
+            name, family = "127.0.0.1", socket.AF_INET
+        return socket.create_server((name, port), family=family, backlog=128)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or first_line(exc)})") from None
+
+
+def url_of(sock: socket.socket) -> str:
+    """http://HOST:PORT of a listening socket."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def run(app, sock: socket.socket, connections: int) -> None:
+    """Serve app on the socket until interrupted (Ctrl+C or SIGTERM); connections: uvicorn's 503 backstop."""
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, limit_concurrency=connections,
+                            timeout_keep_alive=5, lifespan="off")
+    uvicorn.Server(config).run(sockets=[sock])
