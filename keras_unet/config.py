@@ -67,6 +67,7 @@ class PostprocessConfig:
     thresholds: dict = field(default_factory=dict)  # per-class override: {class: threshold}
     keep_largest: dict = field(default_factory=dict)  # {class: N}; absent = keep all components
     min_area: int = 0  # components below this many pixels (of the original image) are dropped
+    min_areas: dict = field(default_factory=dict)  # per-class override of min_area: {class: pixels}
     fill_holes: object = True  # true: every class, false: none, or a list of the classes whose holes are filled
     tta: bool = True  # average with the horizontal flip (left/right classes swapped)
     # training chooses keep_largest and fill_holes per class from the training masks where the user set none
@@ -97,6 +98,8 @@ class CropConfig:
     classes: list = field(default_factory=list)  # empty: whole images (a first stage); else one crop per class
     margin: float = 0.25  # crop side = the structure's longer side x (1 + 2 margin), centred on it
     jitter: float = 0.1  # training only: random shift (fraction of the side) and scale (1 +- jitter) of the crop
+    components: list = field(default_factory=list)  # classes cut one crop per component, not around the largest
+    overlap: str = "mean"  # where crops of one class overlap, their results' mean or max
 
 
 @dataclass
@@ -110,6 +113,11 @@ class RefineConfig:
     base_filters: int = 0  # 0: as the first stage
     margin: float = 0.25  # see CropConfig
     jitter: float = 0.1
+    # classes of several parts, cut one crop per component (of at least their postprocess min area) instead of
+    # around the largest; "auto": those of 2 to REFINE_MAX_PARTS parts (imaging.postprocess.choose_cleanup), and
+    # with classes empty, a class of more parts (separate ribs) is not refined at all; training writes the choice
+    components: object = "auto"
+    overlap: str = "mean"  # see CropConfig
     # inference only, read from the whole-image run's refine section (change it in RUN/config.json, no retraining):
     blend: float = 1.0  # weight of the refine model's probabilities inside the crop (1: they replace the first's)
 
@@ -236,6 +244,11 @@ class Config:
               (("refine", r.jitter), ("crops", c.jitter))],
             (not (r.enabled and c.classes), "refine.enabled is for a whole-image model, but crops.classes is set"),
             (0.0 <= r.blend <= 1.0, f"refine.blend must be in [0, 1], got {r.blend}"),
+            (r.components == "auto" or (isinstance(r.components, list) and set(r.components) <= set(
+                self.classes or r.components)), f"refine.components must be auto or a list of classes, got "
+             f"{r.components!r}"),
+            *[(o in ("mean", "max"), f"{name}.overlap must be mean or max, got {o!r}") for name, o in
+              (("refine", r.overlap), ("crops", c.overlap))],
         ]
 
     def refine_stage(self) -> "Config":
@@ -246,7 +259,9 @@ class Config:
         stage.model.base_filters = r.base_filters or self.model.base_filters
         stage.out = str(Path(self.out) / REFINE_DIR)
         stage.refine = RefineConfig()
-        stage.crops = CropConfig(classes=list(r.classes or self.classes), margin=r.margin, jitter=r.jitter)
+        stage.crops = CropConfig(classes=list(r.classes or self.classes), margin=r.margin, jitter=r.jitter,
+                                 components=[] if r.components == "auto" else list(r.components),
+                                 overlap=r.overlap)
         stage.init_weights = stage.pretrain_data = ""
         stage.self_train = SelfTrainConfig()
         return stage

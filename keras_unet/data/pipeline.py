@@ -8,7 +8,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_unet.classes import flip_permutation
-from keras_unet.imaging.crops import structure_box
+from keras_unet.imaging.crops import structure_boxes
+from keras_unet.imaging.postprocess import class_min_areas
 from keras_unet.io import images
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -131,13 +132,15 @@ def flip_for(config):
 
 
 def crop_items(samples, config) -> list:
-    """(sample, mask path, (top, left, side)) for every structure of the crops classes in the samples' masks."""
+    """(sample, mask path, (top, left, side)) for every structure of the crops classes in the samples' masks: its
+    largest part, or each part of a crops.components class (of at least the class's postprocess min area)."""
     items = []
+    min_areas = dict(zip(config.classes, class_min_areas(config.postprocess, config.classes)))
     for sample in samples:
         for name in config.crops.classes:
             path = sample.mask_paths[config.classes.index(name)]
-            box = structure_box(images.read_image(path), config.crops.margin)
-            if box is not None:
+            for box in structure_boxes(images.read_image(path), config.crops.margin,
+                                       name in config.crops.components, min_areas[name]):
                 items.append((sample, path, box))
     return items
 

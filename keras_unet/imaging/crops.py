@@ -2,6 +2,10 @@
 
 A box is (top, left, side) in pixels of the original image: a square that may reach past the image border,
 where the crop is zero-padded. numpy and OpenCV only; `data.py` cuts the same crops with TensorFlow ops.
+
+A class of one structure (a clavicle) gets one box, around its largest component; a class of several
+(`structure_boxes` with per_component: both lungs in one channel, the ribs of each side) one box per component of
+at least min_area pixels, and `paste_all` puts their results back, the mean (or max) where boxes overlap.
 """
 
 from __future__ import annotations
@@ -12,17 +16,31 @@ import cv2
 import numpy as np
 
 
-def largest_component_bounds(mask) -> tuple[int, int, int, int] | None:
-    """(y0, x0, y1, x1), ends exclusive, of the largest 8-connected component of a 2-D mask; None when empty."""
+def _stats(mask) -> np.ndarray:
+    """cv2 component statistics (x, y, w, h, area per row; row 0 the background) of a 2-D mask."""
     m = (np.asarray(mask) > 0).astype(np.uint8)
     if m.ndim != 2:
         raise ValueError(f"expected a 2-D mask, got shape {m.shape}")
-    count, _, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
-    if count < 2:
-        return None
-    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    x, y, w, h = (int(v) for v in stats[k, :4])
-    return y, x, y + h, x + w
+    return cv2.connectedComponentsWithStats(m, connectivity=8)[2]
+
+
+def component_bounds(mask, min_area: int = 0) -> list[tuple[int, int, int, int]]:
+    """(y0, x0, y1, x1), ends exclusive, of every 8-connected component of at least min_area pixels, largest
+    first (ties in raster order)."""
+    stats = _stats(mask)[1:]
+    order = np.argsort(-stats[:, cv2.CC_STAT_AREA], kind="stable")
+    found = []
+    for k in order:
+        x, y, w, h, area = (int(v) for v in stats[k, :5])
+        if area >= max(1, min_area):
+            found.append((y, x, y + h, x + w))
+    return found
+
+
+def largest_component_bounds(mask) -> tuple[int, int, int, int] | None:
+    """(y0, x0, y1, x1), ends exclusive, of the largest 8-connected component of a 2-D mask; None when empty."""
+    found = component_bounds(mask)
+    return found[0] if found else None
 
 
 def square_box(bounds, margin: float) -> tuple[int, int, int]:
@@ -38,6 +56,15 @@ def structure_box(mask, margin: float) -> tuple[int, int, int] | None:
     """The crop box around the largest component of a 2-D mask, or None when the mask is empty."""
     bounds = largest_component_bounds(mask)
     return None if bounds is None else square_box(bounds, margin)
+
+
+def structure_boxes(mask, margin: float, per_component: bool = False, min_area: int = 0) -> list:
+    """The crop boxes of a 2-D mask: around its largest component, or one per component of at least min_area
+    pixels (largest first); [] when there is none."""
+    if not per_component:
+        box = structure_box(mask, margin)
+        return [] if box is None else [box]
+    return [square_box(bounds, margin) for bounds in component_bounds(mask, min_area)]
 
 
 def _overlap(box, height: int, width: int):
@@ -65,4 +92,25 @@ def paste(plane: np.ndarray, patch: np.ndarray, box) -> np.ndarray:
     out = np.array(plane, copy=True)
     inside, at = _overlap(box, out.shape[0], out.shape[1])
     out[inside] = patch[at]
+    return out
+
+
+OVERLAPS = ("mean", "max")
+
+
+def paste_all(plane: np.ndarray, patches, boxes, overlap: str = "mean") -> np.ndarray:
+    """A copy of the 2-D plane with each (side, side) patch written under its box: where boxes overlap, the mean
+    or the max of their patches; outside every box, the plane as it was."""
+    if overlap not in OVERLAPS:
+        raise ValueError(f"overlap must be one of {', '.join(OVERLAPS)}, got {overlap!r}")
+    out = np.array(plane, dtype=np.float32, copy=True)
+    total = np.zeros_like(out) if overlap == "mean" else np.full_like(out, -np.inf)
+    count = np.zeros(out.shape, dtype=np.int32)
+    for patch, box in zip(patches, boxes):
+        inside, at = _overlap(box, out.shape[0], out.shape[1])
+        piece = np.asarray(patch, dtype=np.float32)[at]
+        total[inside] = total[inside] + piece if overlap == "mean" else np.maximum(total[inside], piece)
+        count[inside] += 1
+    covered = count > 0
+    out[covered] = total[covered] / count[covered] if overlap == "mean" else total[covered]
     return out

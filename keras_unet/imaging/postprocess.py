@@ -17,7 +17,11 @@ the images where it is present), N being at most AUTO_MAX_PARTS, and whose masks
 image is a structure of a few solid parts (a clavicle, both lungs in one channel): it gets keep_largest N and hole
 filling. A class of many parts (separate ribs in one channel) or with holes (the ribs of each side joined into one
 lattice, as in the bundled sample) gets neither: filling would close the spaces between the ribs, and keeping the
-largest would drop the pieces of a lattice the model did not join.
+largest would drop the pieces of a lattice the model did not join. Such a class gets a per-class minimum area
+instead (min_areas): MIN_AREA_SHARE of its smallest training component (the AUTO_SHARE-th smallest over the masks),
+which drops specks but keeps every rib. The same choice says how the refine stage treats a class (`refine`):
+around its largest component (one part), one crop per component (2 to REFINE_MAX_PARTS parts), or not at all
+(more parts: 20 separate ribs would make 20 crops an image, each hardly finer than the whole image).
 """
 
 from __future__ import annotations
@@ -96,26 +100,47 @@ AUTO_MAX_PARTS = 3  # most components per image for a class to count as a struct
 AUTO_SHARE = 0.95  # "nearly every image": this share of the images where the class is present
 
 
-def mask_structure(mask) -> tuple[int, bool]:
-    """(number of 8-connected components, whether it has a hole) of a 2-D mask."""
+REFINE_MAX_PARTS = 4  # most components per image for the refine stage to cut one crop per component
+MIN_AREA_SHARE = 0.05  # a many-part class's minimum component area: this share of its smallest training component
+
+
+def mask_structure(mask) -> tuple[int, bool, int]:
+    """(number of 8-connected components, whether it has a hole, its smallest component's area in pixels; 0 when
+    empty) of a 2-D mask."""
     m = _mask2d(mask)
-    return count_components(m), bool(np.any(fill_holes(m) != m))
+    areas = _components(m)[1][1:]
+    return len(areas), bool(np.any(fill_holes(m) != m)), int(areas.min()) if len(areas) else 0
+
+
+def _share_rank(count: int) -> int:
+    """Index of the AUTO_SHARE-th value among count sorted ones."""
+    return max(0, int(np.ceil(AUTO_SHARE * count)) - 1)
+
+
+def refine_mode(parts: int) -> str:
+    """How the refine stage treats a class of this many parts: "largest", "components" or "skip"."""
+    return "largest" if parts <= 1 else "components" if parts <= REFINE_MAX_PARTS else "skip"
 
 
 def choose_cleanup(structures) -> dict:
-    """The clean-up one class gets from its training masks' (components, has hole) pairs (mask_structure).
+    """The clean-up one class gets from its training masks' (components, has hole[, smallest area]) tuples
+    (mask_structure).
 
-    Returns {"parts": N, "keep_largest": N or None, "fill_holes": bool}; N is the fewest components that
-    AUTO_SHARE of the masks where the class is present stay within (0 when it is present in none). Both are on
-    for a class of at most AUTO_MAX_PARTS parts whose masks are hole-free in AUTO_SHARE of them, else both off."""
-    present = sorted(n for n, _ in structures if n > 0)
+    Returns {"parts": N, "keep_largest": N or None, "fill_holes": bool, "min_area": pixels or None, "refine": mode};
+    N is the fewest components that AUTO_SHARE of the masks where the class is present stay within (0 when it is
+    present in none). keep_largest and fill_holes are on for a class of at most AUTO_MAX_PARTS parts whose masks
+    are hole-free in AUTO_SHARE of them; any other class gets min_area instead (module docstring)."""
+    present = [s for s in structures if s[0] > 0]
     if not present:
-        return {"parts": 0, "keep_largest": None, "fill_holes": False}
-    parts = present[max(0, int(np.ceil(AUTO_SHARE * len(present))) - 1)]
-    holed = sum(1 for n, hole in structures if n > 0 and hole)
+        return {"parts": 0, "keep_largest": None, "fill_holes": False, "min_area": None, "refine": "skip"}
+    parts = sorted(s[0] for s in present)[_share_rank(len(present))]
+    holed = sum(1 for s in present if s[1])
     if parts > AUTO_MAX_PARTS or holed > (1 - AUTO_SHARE) * len(present):
-        return {"parts": parts, "keep_largest": None, "fill_holes": False}
-    return {"parts": parts, "keep_largest": parts, "fill_holes": True}
+        smallest = sorted((s[2] for s in present if len(s) > 2), reverse=True)
+        min_area = int(MIN_AREA_SHARE * smallest[_share_rank(len(smallest))]) if smallest else None
+        return {"parts": parts, "keep_largest": None, "fill_holes": False, "min_area": min_area or None,
+                "refine": refine_mode(parts)}
+    return {"parts": parts, "keep_largest": parts, "fill_holes": True, "min_area": None, "refine": refine_mode(parts)}
 
 
 def auto_postprocess(settings, structures: dict):
@@ -123,7 +148,8 @@ def auto_postprocess(settings, structures: dict):
 
     structures: {class: [(components, has hole) of each training mask]}. A class named in keep_largest keeps the
     user's N; fill_holes false or a list of classes is the user's and stays; true (the default) becomes the list
-    of the classes that choose_cleanup fills. Settings with auto off come back unchanged."""
+    of the classes that choose_cleanup fills; min_areas gets the chosen minimum area of a class the user gave
+    neither keep_largest nor a min_areas entry. Settings with auto off come back unchanged."""
     if not getattr(settings, "auto", False):
         return dataclasses.replace(settings)
     choice = {name: choose_cleanup(found) for name, found in structures.items()}
@@ -132,7 +158,21 @@ def auto_postprocess(settings, structures: dict):
     fill = settings.fill_holes
     if fill is True:
         fill = [name for name, c in choice.items() if c["fill_holes"]]
-    return dataclasses.replace(settings, keep_largest=largest, fill_holes=fill)
+    areas = {name: c["min_area"] for name, c in choice.items() if c["min_area"] and name not in largest}
+    areas.update(settings.min_areas or {})
+    return dataclasses.replace(settings, keep_largest=largest, fill_holes=fill, min_areas=areas)
+
+
+def auto_refine(refine, structures: dict):
+    """A copy of the refine settings with classes and components chosen from the training masks (choose_cleanup)
+    where components is "auto": with classes empty, every class but those to skip; components, the listed
+    classes not refined around their largest part. No class left: enabled becomes false."""
+    if refine.components != "auto":
+        return dataclasses.replace(refine)
+    mode = {name: choose_cleanup(found)["refine"] for name, found in structures.items()}
+    classes = list(refine.classes) or [name for name in structures if mode[name] != "skip"]
+    components = [name for name in classes if mode.get(name, "largest") != "largest"]
+    return dataclasses.replace(refine, classes=classes, components=components, enabled=refine.enabled and bool(classes))
 
 
 def filled_classes(settings, classes) -> list:
@@ -159,9 +199,15 @@ def class_thresholds(settings, classes) -> list[float]:
     return [float(thresholds.get(name, settings.threshold)) for name in classes]
 
 
+def class_min_areas(settings, classes) -> list[int]:
+    """The minimum component area of each class: its postprocess.min_areas entry, else postprocess.min_area."""
+    areas = _per_class(dict(settings.min_areas or {}), list(classes), "min_areas")
+    return [int(areas.get(name, settings.min_area) or 0) for name in classes]
+
+
 def clean_masks(probs, classes, settings) -> np.ndarray:
-    """(H, W, C) uint8 0/1 masks from probabilities: threshold, then (when enabled) drop small, keep largest, fill
-    holes (the classes of filled_classes)."""
+    """(H, W, C) uint8 0/1 masks from probabilities: threshold, then (when enabled) drop small (class_min_areas),
+    keep largest, fill holes (the classes of filled_classes)."""
     p = np.asarray(probs)
     classes = list(classes)
     if p.ndim != 3 or p.shape[-1] != len(classes):
@@ -171,8 +217,9 @@ def clean_masks(probs, classes, settings) -> np.ndarray:
     masks = threshold(p, class_thresholds(settings, classes))
     if not settings.enabled:
         return masks
+    min_areas = class_min_areas(settings, classes)
     for c, name in enumerate(classes):
-        m = remove_small(masks[..., c], int(settings.min_area or 0))
+        m = remove_small(masks[..., c], min_areas[c])
         if name in largest:
             m = keep_largest(m, int(largest[name]))
         if name in filled:

@@ -41,3 +41,33 @@ def test_crop_keeps_trailing_axes_and_refuses_a_box_outside_the_image():
     with pytest.raises(ValueError, match="outside"):
         crops.crop(image, (10, 0, 3))
 
+
+
+def test_one_box_per_component_largest_first_and_above_the_minimum_area():
+    mask = np.zeros((20, 30), np.uint8)
+    mask[2:4, 3:5] = 1  # 4 pixels
+    mask[10:15, 8:20] = 1  # 60 pixels
+    assert crops.component_bounds(mask) == [(10, 8, 15, 20), (2, 3, 4, 5)]
+    assert crops.component_bounds(mask, min_area=5) == [(10, 8, 15, 20)]
+    assert crops.structure_boxes(mask, 0.25) == [(3, 5, 18)]  # one box: around the largest
+    # 2 x 2 bounds, margin 0.25: side ceil(2 x 1.5) = 3, top floor((2 + 4 - 3) / 2) = 1, left floor(5 / 2) = 1
+    assert crops.structure_boxes(mask, 0.25, per_component=True) == [(3, 5, 18), (1, 2, 3)]
+    assert crops.structure_boxes(mask, 0.25, per_component=True, min_area=5) == [(3, 5, 18)]
+    assert crops.structure_boxes(np.zeros((4, 4)), 0.25, per_component=True) == []
+
+
+def test_paste_all_takes_the_mean_or_max_where_boxes_overlap():
+    plane = np.full((6, 8), 0.5, np.float32)
+    patches, boxes = [np.full((4, 4), 0.2), np.full((4, 4), 0.8)], [(0, 0, 4), (2, 2, 4)]
+    mean = crops.paste_all(plane, patches, boxes)
+    expected = plane.copy()
+    expected[0:4, 0:4] = 0.2
+    expected[2:6, 2:6] = 0.8
+    expected[2:4, 2:4] = 0.5  # (0.2 + 0.8) / 2
+    np.testing.assert_allclose(mean, expected)
+    expected[2:4, 2:4] = 0.8
+    np.testing.assert_allclose(crops.paste_all(plane, patches, boxes, "max"), expected)
+    np.testing.assert_array_equal(crops.paste_all(plane, patches[:1], boxes[:1]), crops.paste(plane, patches[0], boxes[0]))
+    assert (plane == 0.5).all()  # a copy
+    with pytest.raises(ValueError, match="overlap"):
+        crops.paste_all(plane, patches, boxes, "sum")

@@ -45,17 +45,22 @@ def structures(images: int = 4) -> dict:
 
 
 def test_hand_made_masks_are_what_the_tests_say():
-    assert mask_structure(blob()) == (1, False)
-    assert mask_structure(bars()) == (5, False)  # 5 parts, no holes: the gaps open to the border
+    assert mask_structure(blob()) == (1, False, 400)
+    assert mask_structure(bars()) == (5, False, 120)  # 5 parts of 3 x 40 px, no holes: the gaps open to the border
+    assert mask_structure(np.zeros((4, 4))) == (0, False, 0)
 
 
 def test_single_blob_gets_keep_largest_and_fill_the_bars_neither():
     found = structures()
-    assert choose_cleanup(found["blob"]) == {"parts": 1, "keep_largest": 1, "fill_holes": True}
-    assert choose_cleanup(found["bars"]) == {"parts": 5, "keep_largest": None, "fill_holes": False}
+    assert choose_cleanup(found["blob"]) == {"parts": 1, "keep_largest": 1, "fill_holes": True, "min_area": None,
+                                             "refine": "largest"}
+    # the bars: 5 parts, neither; components under 5% of the smallest bar (120 px) dropped; not refined
+    assert choose_cleanup(found["bars"]) == {"parts": 5, "keep_largest": None, "fill_holes": False, "min_area": 6,
+                                             "refine": "skip"}
     chosen = auto_postprocess(PostprocessConfig(), found)
     assert chosen.keep_largest == {"blob": 1}
     assert chosen.fill_holes == ["blob"]
+    assert chosen.min_areas == {"bars": 6}
     assert (chosen.threshold, chosen.min_area, chosen.tta, chosen.enabled) == (0.5, 0, True, True)  # the rest as given
 
 
@@ -74,9 +79,11 @@ def probabilities() -> np.ndarray:
 def test_bars_keep_their_gaps_with_the_chosen_settings():
     probs = probabilities()
     ladder = (probs[..., 1] > 0.5).astype(np.uint8)
-    assert mask_structure(ladder) == (1, True)  # the gaps are holes: fill_holes would close them
+    assert mask_structure(ladder)[:2] == (1, True)  # the gaps are holes: fill_holes would close them
+    probs[30:32, 62:64, 1] = 0.9  # a 4 px speck beside the bars: under the bars' minimum area (6 px)
     masks = clean_masks(probs, CLASSES, auto_postprocess(PostprocessConfig(), structures()))
-    np.testing.assert_array_equal(masks[..., 1], ladder)  # bars untouched: gaps kept
+    np.testing.assert_array_equal(masks[..., 1], ladder)  # bars untouched: gaps kept, speck dropped
+    probs[30:32, 62:64, 1] = 0
     np.testing.assert_array_equal(masks[..., 0], blob())  # blob: hole filled, speck dropped (keep largest 1)
     old = clean_masks(probs, CLASSES, PostprocessConfig(auto=False))  # the old default: fill every class
     assert old[..., 1].sum() == ladder.sum() + 4 * 3 * 36  # its 4 gaps of 3 x 36 px filled
@@ -86,7 +93,7 @@ def test_bars_keep_their_gaps_with_the_chosen_settings():
 def test_nearly_every_image_decides_the_count():
     split = blob()
     split[29:31, :] = 0  # the square in two pieces
-    assert mask_structure(split) == (2, False)
+    assert mask_structure(split) == (2, False, 180)
     assert choose_cleanup([mask_structure(blob())] * 19 + [mask_structure(split)])["keep_largest"] == 1  # 1 in 20
     assert choose_cleanup([mask_structure(blob())] * 8 + [mask_structure(split)] * 2)["keep_largest"] == 2  # 2 in 10
     assert choose_cleanup([(1, False)] + [(0, False)] * 30)["keep_largest"] == 1  # images without it do not count
@@ -97,8 +104,9 @@ def test_nearly_every_image_decides_the_count():
 def test_a_class_with_holes_gets_neither():
     ring = blob()
     ring[26:34, 14:22] = 0
-    assert mask_structure(ring) == (1, True)
-    assert choose_cleanup([mask_structure(ring)] * 4) == {"parts": 1, "keep_largest": None, "fill_holes": False}
+    assert mask_structure(ring) == (1, True, 336)
+    assert choose_cleanup([mask_structure(ring)] * 4) == {"parts": 1, "keep_largest": None, "fill_holes": False,
+                                                          "min_area": 16, "refine": "largest"}
 
 
 def test_explicit_user_settings_win():
@@ -138,7 +146,7 @@ def test_resolve_postprocess_reads_the_training_masks_and_round_trips(tmp_path):
     assert resolved.postprocess.fill_holes == ["blob"]
     assert config.postprocess == PostprocessConfig()  # the caller's config is left alone
     assert lines == ["post-processing from the training masks: blob: keep largest 1, fill holes; "
-                     "bars: as predicted (up to 5 parts, 0 of 3 masks with holes)"]
+                     "bars: as predicted (up to 5 parts, 0 of 3 masks with holes), components under 6 px dropped"]
     saved = config_from_dict(resolved.to_dict()).validate()  # what config.json holds, read back
     assert saved.postprocess == resolved.postprocess
     assert resolve_postprocess(saved, lines.append).postprocess == saved.postprocess  # resolving again: the same
@@ -154,7 +162,7 @@ def test_mask_structures_reads_only_the_given_samples(tmp_path):
     train, val = load_samples(config, log=lambda *a: None)
     found = mask_structures(train, CLASSES)
     assert len(found["blob"]) == len(train) == 3 and len(val) == 2
-    assert set(found["bars"]) == {(5, False)}
+    assert set(found["bars"]) == {(5, False, 120)}
 
 
 def test_an_old_config_json_loads_and_fills_every_class_as_before():
@@ -172,3 +180,32 @@ def test_an_old_config_json_loads_and_fills_every_class_as_before():
         filled[outside[1:-1, 1:-1] == 1] = 1
         np.testing.assert_array_equal(masks[..., c], filled)
     assert masks[..., 2].sum() > (probs[..., 2] > 0.5).sum()  # the ladder's gaps filled, as before
+
+
+def test_the_refine_stage_per_class_from_the_part_counts():
+    from keras_unet.config import RefineConfig
+    from keras_unet.imaging.postprocess import auto_refine
+
+    pair = [(2, False, 50)] * 4  # both lungs in one channel
+    found = {**structures(), "pair": pair}
+    assert [choose_cleanup(found[n])["refine"] for n in ("blob", "pair", "bars")] == ["largest", "components", "skip"]
+    chosen = auto_refine(RefineConfig(enabled=True), found)
+    assert (chosen.classes, chosen.components, chosen.enabled) == (["blob", "pair"], ["pair"], True)
+    mine = auto_refine(RefineConfig(enabled=True, classes=["bars"]), found)  # the user's list: bars per component
+    assert (mine.classes, mine.components) == (["bars"], ["bars"])
+    assert auto_refine(RefineConfig(enabled=True), {"bars": found["bars"]}).enabled is False  # nothing to refine
+    given = RefineConfig(enabled=True, components=[])
+    assert auto_refine(given, found) == given
+
+
+def test_resolve_postprocess_records_the_refine_choice(tmp_path):
+    data = write_folder(tmp_path / "data")
+    config = Config(data=str(data), classes=list(CLASSES), cache_dir=str(tmp_path / "cache"), val_fraction=0.4)
+    config.refine.enabled, config.postprocess.auto = True, False
+    lines = []
+    resolved = resolve_postprocess(config, lines.append)
+    assert resolved.postprocess == config.postprocess  # auto off: the post-processing as given
+    assert (resolved.refine.classes, resolved.refine.components) == (["blob"], [])
+    assert lines == ["refine stage from the training masks: blob: a crop around the largest part; bars: not refined"]
+    stage = config_from_dict(resolved.to_dict()).validate().refine_stage()
+    assert (stage.crops.classes, stage.crops.components, stage.crops.overlap) == (["blob"], [], "mean")
