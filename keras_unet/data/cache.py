@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
-from keras_unet.io.files import read_bytes, write_bytes_atomic
+from keras_unet.io.files import hold_lock, read_bytes, write_bytes_atomic
 
 CACHE_FORMAT = 1  # bump when cached files would come out differently
 
@@ -16,6 +17,21 @@ INDEX_NAME = "index.json"
 
 
 IMAGES_FOLDER = "images"
+
+
+LOCK_NAME = ".lock"  # held while a process checks and fills a cache folder (io.files.hold_lock)
+
+
+@contextmanager
+def filling(cache: Path, log=None):
+    """Hold a cache folder's lock while its entries are checked and written; another process filling the same
+    folder waits (and is told for whom), then finds the entries fresh. Each file is written atomically besides."""
+    def waiting(owner):
+        if log:
+            log(f"waiting for {owner or 'another process'} to finish filling the masks cache {cache}")
+
+    with hold_lock(Path(cache) / LOCK_NAME, wait=True, on_wait=waiting):
+        yield
 
 
 def default_cache_root() -> Path:

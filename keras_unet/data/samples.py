@@ -66,7 +66,8 @@ def prepare_samples(data_dir, classes, cache_dir=None, line_width: int = 3, log=
     log = log or (lambda line: None)
     if json_files:
         problems: list[tuple[Path, str]] = []
-        samples, stats = _prepare_labelme(data_dir, json_files, classes, cache, line_width, log, problems)
+        with cache_index.filling(cache, log):  # one process at a time fills a cache folder
+            samples, stats = _prepare_labelme(data_dir, json_files, classes, cache, line_width, log, problems)
         if problems and not skip_bad:
             raise bad_files_error(data_dir, problems, len(json_files))
         if bad is not None:
@@ -74,7 +75,8 @@ def prepare_samples(data_dir, classes, cache_dir=None, line_width: int = 3, log=
         if not samples:
             raise DataError(data_dir, f"none of the {len(json_files)} annotation files can be used")
     elif (data_dir / "masks").is_dir():
-        samples, stats = _prepare_image_masks(data_dir, classes, cache, log)
+        with cache_index.filling(cache, log):
+            samples, stats = _prepare_image_masks(data_dir, classes, cache, log)
     else:
         raise DataError(data_dir, "no Labelme .json files, and no masks/<class>/<stem>.png files beside images")
     if require_pixels:

@@ -7,8 +7,10 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import stat
 import tempfile
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -151,6 +153,77 @@ def write_bytes_atomic(path, data: bytes, durable: bool = False) -> None:
                     os.fsync(handle.fileno())
     except OSError as error:
         raise DataError(path, f"cannot write the file ({error.strerror or error})") from None
+
+
+class LockedError(KerasUnetError):
+    """Another live process holds a lock file; names the file's folder and that process."""
+
+    def __init__(self, path, owner: str, what: str):
+        self.path, self.owner = Path(path), owner
+        super().__init__(f"{Path(path).parent}: {what} ({owner or 'a process whose id could not be read'}); "
+                         "wait for it to finish, or use another folder")
+
+
+def lock_owner(path) -> str:
+    """Who holds a lock file, as it says ('process 1234 on host x since 2026-12-01 13:20:01'), '' if unreadable."""
+    try:
+        info = json.loads(Path(path).read_text(encoding="utf-8"))
+        return f"process {int(info['pid'])} on host {info['host']} since {info['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+@contextmanager
+def hold_lock(path, what: str = "another process holds this folder", wait: bool = False, on_wait=None):
+    """Hold an exclusive lock file (fcntl.flock) that says which process holds it; removed on release.
+
+    The kernel frees the lock when its process dies, so a stale file left by a killed process is taken over.
+    wait False: a live holder raises LockedError(what, its pid and host); wait True: on_wait(owner) is called
+    once and the lock is waited for. Without fcntl (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = lock_owner(path)
+                if not wait:
+                    raise LockedError(path, owner, what) from None
+                if on_wait is not None:
+                    on_wait(owner)
+                    on_wait = None
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino  # not removed by the holder meanwhile
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)
+    try:
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode())
+        except OSError:  # a full disk: the lock holds all the same, only its owner's name is missing
+            pass
+        yield
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        os.close(fd)
 
 
 def write_json_atomic(path, data) -> None:
