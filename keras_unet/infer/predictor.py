@@ -20,7 +20,7 @@ from keras_unet.classes import flip_permutation, parse_classes
 from keras_unet.config import Config, PostprocessConfig
 from keras_unet.errors import ConfigError, KerasUnetError
 from keras_unet.imaging import crops
-from keras_unet.imaging.postprocess import class_thresholds, clean_masks, threshold
+from keras_unet.imaging.postprocess import class_min_areas, class_thresholds, clean_masks, threshold
 from keras_unet.imaging.preprocess import normalize, prepare, unletterbox
 
 
@@ -95,18 +95,35 @@ class RefinedPredictor(Predictor):
 
     def predict_probs(self, image: np.ndarray, tta: bool | None = None) -> np.ndarray:
         """(H, W, C) probabilities: the whole-image model's, with each refined class replaced (refine.blend 1) or
-        blended with the refine model's inside its crop."""
+        blended with the refine model's inside its crops."""
         probs = super().predict_probs(image, tta)
+        found = self.structure_crops(image, probs)
+        patches = [self.fine.predict_probs(cut, tta, normalized=True)[..., 0] for _, _, cut in found]
+        return self.merge_crops(probs, found, patches)
+
+    def structure_crops(self, image: np.ndarray, probs: np.ndarray) -> list:
+        """(channel, box, normalised crop) for each structure of the refined classes the first model found: its
+        largest part, or each part (of at least the class's min area) of a crops.components class."""
         gray = normalize(_gray(image), self.fine.config.normalization)  # crops are cut from the normalised image
         cut = threshold(probs, class_thresholds(self.config.postprocess, self.classes))
-        for name in self.fine.config.crops.classes:
+        min_areas = class_min_areas(self.config.postprocess, self.classes)
+        crop_config = self.fine.config.crops
+        found = []
+        for name in crop_config.classes:
             c = self.classes.index(name)
-            box = crops.structure_box(cut[..., c], self.fine.config.crops.margin)
-            if box is None:
-                continue  # nothing found, nothing to refine
-            patch = self.fine.predict_probs(crops.crop(gray, box), tta, normalized=True)[..., 0]
-            refined = crops.paste(probs[..., c], patch, box)  # the first model's outside the crop
-            blend = np.float32(self.config.refine.blend)
+            for box in crops.structure_boxes(cut[..., c], crop_config.margin, name in crop_config.components,
+                                             min_areas[c]):  # none found: nothing to refine
+                found.append((c, box, crops.crop(gray, box)))
+        return found
+
+    def merge_crops(self, probs: np.ndarray, found: list, patches: list) -> np.ndarray:
+        """probs with each crop's (side, side) patch of structure_crops pasted back (the first model's outside
+        the crops, the mean or max where crops of one class overlap) and blended with weight refine.blend."""
+        blend = np.float32(self.config.refine.blend)
+        for c in sorted({c for c, _, _ in found}):
+            mine = [(box, patch) for (k, box, _), patch in zip(found, patches) if k == c]
+            refined = crops.paste_all(probs[..., c], [p for _, p in mine], [b for b, _ in mine],
+                                      self.fine.config.crops.overlap)
             probs[..., c] = blend * refined + (np.float32(1.0) - blend) * probs[..., c]
         return probs
 
