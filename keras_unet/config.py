@@ -145,7 +145,7 @@ class Config:
     seed: int = 0
     precision: str = "auto"
     val_fraction: float = 0.2
-    line_width: int = 3  # pixels, for line and linestrip shapes
+    line_width: int = 10  # pixels, for line and linestrip shapes (Labelme's own conversion draws 10)
     early_stopping: int = 15  # patience in epochs; 0 switches it off
     checkpoint: str = "best"  # the model kept: "best" validation Dice, or "last" epoch (validation then only watched)
     cache_dir: str = ""  # empty: ~/.cache/keras_unet (or $KERAS_UNET_CACHE)

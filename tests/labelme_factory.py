@@ -93,3 +93,64 @@ def small_dataset(data) -> Path:
     labelme_pair(data, "a", SMALL_SHAPES)
     labelme_pair(data / "sub", "b", SMALL_SHAPES + [shape("clavicle", [[20, 2], [25, 2], [25, 8]])])
     return data
+
+
+LABELME7_VERSION = "7.9.1"
+
+
+def labelme7_shape(label: str, points, shape_type: str, mask: np.ndarray | None = None, locked: bool = False) -> dict:
+    """A shape dict as Labelme 7 writes it (`locked` only when set, `mask` a base64 PNG for mask shapes)."""
+    raw = shape(label, points, shape_type)
+    if mask is not None:
+        raw["mask"] = base64.b64encode(png_bytes(np.asarray(mask, np.uint8))).decode("ascii")
+    if locked:
+        raw["locked"] = True
+    return raw
+
+
+def oriented_box(centre, size, degrees: float) -> list:
+    """The four corners of a rotated rectangle, in drawing order, as Labelme 7's oriented_rectangle stores them."""
+    (cx, cy), (w, h) = centre, size
+    a = np.radians(degrees)
+    corners = np.array([[-w / 2, -h / 2], [w / 2, -h / 2], [w / 2, h / 2], [-w / 2, h / 2]])
+    rotation = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    return (corners @ rotation.T + (cx, cy)).tolist()
+
+
+def every_shape_shapes(rng, height: int, width: int) -> list:
+    """One shape of every type Labelme 7 draws, at random fractional positions (some locked)."""
+    def point():
+        return [float(rng.uniform(2, width - 2)), float(rng.uniform(2, height - 2))]
+
+    centre = point()
+    patch = rng.random((int(rng.integers(3, 9)), int(rng.integers(3, 9)))) > 0.4
+    x0, y0 = float(rng.uniform(0, width - 10)), float(rng.uniform(0, height - 10))
+    corner = [x0, y0], [x0 + patch.shape[1] - 1, y0 + patch.shape[0] - 1]  # fractional bounds, as a drag leaves them
+    whole = rng.random((4, 5)) > 0.5
+    xi, yi = int(rng.integers(0, width - 6)), int(rng.integers(0, height - 5))
+    return [
+        labelme7_shape("a", [point() for _ in range(int(rng.integers(3, 9)))], "polygon"),
+        labelme7_shape("a", [point(), point()], "rectangle", locked=True),
+        labelme7_shape("a", oriented_box(centre, (rng.uniform(4, 14), rng.uniform(3, 9)), rng.uniform(0, 180)),
+                       "oriented_rectangle"),
+        labelme7_shape("a", [centre, [centre[0] + float(rng.uniform(1, 6)), centre[1] + float(rng.uniform(-3, 3))]],
+                       "circle"),
+        labelme7_shape("a", [point(), point()], "line"),
+        labelme7_shape("a", [point() for _ in range(int(rng.integers(3, 6)))], "linestrip"),
+        labelme7_shape("a", [point()], "point"),
+        labelme7_shape("a", [list(c) for c in corner], "mask", mask=patch),
+        labelme7_shape("a", [[xi, yi], [xi + 4, yi + 3]], "mask", mask=whole),
+    ]
+
+
+def labelme7_folder(folder, files: int = 6, height: int = 40, width: int = 48, seed: int = 0) -> Path:
+    """A folder of Labelme 7 files (7.9.1 layout) holding every shape type, each beside its 8-bit PNG."""
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    for k in range(files):
+        name = f"l7_{k:02d}"
+        write_image(folder / f"{name}.png", gradient(height, width))
+        doc = document(every_shape_shapes(rng, height, width), f"{name}.png", height, width)
+        doc["version"] = LABELME7_VERSION
+        write_json(folder / f"{name}.json", doc)
+    return folder

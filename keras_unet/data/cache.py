@@ -10,7 +10,7 @@ from pathlib import Path
 
 from keras_unet.io.files import hold_lock, read_bytes, write_bytes_atomic
 
-CACHE_FORMAT = 1  # bump when cached files would come out differently
+CACHE_FORMAT = 2  # bump when cached files would come out differently (2: Labelme's pixel convention, Pillow drawing)
 
 
 INDEX_NAME = "index.json"
@@ -40,7 +40,7 @@ def default_cache_root() -> Path:
     return Path(value).expanduser() if value else Path.home() / ".cache" / "keras_unet"
 
 
-def cache_folder(data_dir, classes, line_width: int = 3, cache_dir=None) -> Path:
+def cache_folder(data_dir, classes, line_width: int = 10, cache_dir=None) -> Path:
     """The cache subfolder for one data folder, class list and line width."""
     data_dir = Path(os.path.abspath(Path(data_dir).expanduser()))
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_root()

@@ -15,7 +15,7 @@ from keras_unet.errors import ConfigError, DataError
 from keras_unet.io import images, labelme
 from keras_unet.run_folder import SKIPPED_FILE
 
-def write_masks(data_dir, classes, out, line_width: int = 3, log=print, skip_bad: bool = False) -> RasterStats:
+def write_masks(data_dir, classes, out, line_width: int = 10, log=print, skip_bad: bool = False) -> RasterStats:
     """Rasterise every Labelme JSON under data_dir into out/<class>/<image stem>.png (0/255); bad files raise unless skip_bad."""
     data_dir = Path(os.path.abspath(Path(data_dir).expanduser()))
     out = Path(os.path.abspath(Path(out).expanduser()))

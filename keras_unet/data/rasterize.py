@@ -1,8 +1,21 @@
-"""Rasterise parsed Labelme shapes into per-class masks: pure functions from an Annotation to arrays (numpy + OpenCV).
+"""Rasterise parsed Labelme shapes into per-class masks: pure functions from an Annotation to arrays.
 
-Pixel convention (Labelme's, and that of masks traced into polygons): integer coordinates are pixel
-centres and a shape's outline pixels belong to it, so a polygon traced through the boundary pixels of
-a mask fills that mask back.
+Pixel convention (Labelme's, so a mask made here is the one Labelme's own conversion makes): pixel i spans the
+coordinates i .. i + 1, so its centre is at i + 0.5, and a vertex at x lies in pixel floor(x). Outlines are drawn
+by Pillow's ImageDraw, as Labelme's `shape_to_mask` draws them: vertices go to whole pixels by C truncation
+(floor(x) for x >= 0; a vertex between -1 and 0 counts as pixel 0), and a filled shape keeps its outline pixels.
+
+- polygon, oriented_rectangle: the filled polygon through those pixels (even-odd fill).
+- rectangle: every pixel from the truncated low corner to the truncated high corner, both included.
+- circle: the disc that fills the pixel box trunc(c - r) .. trunc(c + r), r being the centre-to-edge distance.
+- line, linestrip: segments `line_width` pixels wide (Labelme's conversion: 10) with flat ends; a linestrip's
+  inner joints are rounded (Pillow's joint="curve", as Labelme 7 draws them).
+- mask: the stored 0/1 patch pasted with its top-left pixel at round(points[0]) (numpy rounding, half to even);
+  integer bounds crop the patch to the box they name, fractional bounds keep the patch's own size.
+- point, points: no area; not drawn (Labelme's conversion would paint an 11-pixel disc; counted in the stats).
+
+Shapes reaching farther than FAR pixels beyond the image are first cut to a box around it (no drawing routine
+gets coordinates that could overflow); circles of radius above MAX_RADIUS are filled by their pixel centres.
 """
 
 from __future__ import annotations
@@ -10,12 +23,18 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
+from PIL import Image, ImageDraw
 
 from keras_unet.io.labelme import Annotation, Shape
 
-_SHIFT = 4  # sub-pixel bits handed to OpenCV's drawing functions (1/16 pixel)
+LABELME_LINE_WIDTH = 10  # pixels: the width Labelme's own conversion (shape_to_mask) draws lines at
+
+
+FAR = 1 << 20  # pixels beyond the image from which shapes are cut before drawing
+
+
+MAX_RADIUS = 1 << 16  # pixels; larger circles are filled by their pixel centres (Pillow walks the whole rim)
 
 
 @dataclass
@@ -58,7 +77,7 @@ class RasterStats:
         )
 
 
-def rasterize(annotation: Annotation, classes, line_width: int = 3) -> tuple[np.ndarray, RasterStats]:
+def rasterize(annotation: Annotation, classes, line_width: int = LABELME_LINE_WIDTH) -> tuple[np.ndarray, RasterStats]:
     """(H, W, C) uint8 0/1 masks, one channel per class (shapes fill only their own class), and stats."""
     classes = list(classes)
     if line_width < 1:
@@ -66,6 +85,7 @@ def rasterize(annotation: Annotation, classes, line_width: int = 3) -> tuple[np.
     height, width = annotation.height, annotation.width
     channel = {name: index for index, name in enumerate(classes)}
     planes = [np.zeros((height, width), dtype=np.uint8) for _ in classes]
+    canvases: dict[int, Image.Image] = {}  # one Pillow image per class for everything Pillow draws
     stats = RasterStats()
     for shape in annotation.shapes:
         if shape.label not in channel:
@@ -75,7 +95,15 @@ def rasterize(annotation: Annotation, classes, line_width: int = 3) -> tuple[np.
             stats.ignored_points += 1
             continue
         stats.clipped_points += count_outside(shape.points, height, width)
-        draw_shape(planes[channel[shape.label]], shape, line_width)
+        index = channel[shape.label]
+        if _drawn_by_pillow(shape):
+            if index not in canvases:
+                canvases[index] = Image.new("L", (width, height), 0)
+            _draw(ImageDraw.Draw(canvases[index]), (height, width), shape, line_width)
+        else:
+            draw_shape(planes[index], shape, line_width)
+    for index, canvas in canvases.items():
+        planes[index] |= np.asarray(canvas, dtype=np.uint8)
     stats.pixels = {name: int(np.count_nonzero(plane)) for name, plane in zip(classes, planes)}
     if not planes:
         return np.zeros((height, width, 0), dtype=np.uint8), stats
@@ -83,60 +111,85 @@ def rasterize(annotation: Annotation, classes, line_width: int = 3) -> tuple[np.
 
 
 def count_outside(points: np.ndarray, height: int, width: int) -> int:
-    """How many points lie outside the image's pixels (pixel i spans i - 0.5 .. i + 0.5)."""
+    """How many points lie outside the image (pixel i spans the coordinates i .. i + 1)."""
     x, y = points[:, 0], points[:, 1]
-    outside = (x < -0.5) | (x >= width - 0.5) | (y < -0.5) | (y >= height - 0.5)
+    outside = (x < 0) | (x >= width) | (y < 0) | (y >= height)
     return int(np.count_nonzero(outside))
 
 
-def draw_shape(plane: np.ndarray, shape: Shape, line_width: int = 3) -> None:
-    """Set to 1 the pixels of a 2-D uint8 plane that a shape covers (point shapes draw nothing)."""
-    height, width = plane.shape
-    shift = _SHIFT if max(height, width) < (1 << 25) else 0
+def draw_shape(plane: np.ndarray, shape: Shape, line_width: int = LABELME_LINE_WIDTH) -> None:
+    """Set to 1 the pixels of a 2-D uint8 plane that a shape covers, as Labelme's conversion does (points: none)."""
     kind = shape.shape_type
-    if kind in ("polygon", "rectangle"):
-        points = shape.points
-        if kind == "rectangle":
-            (x1, y1), (x2, y2) = points.min(axis=0), points.max(axis=0)
-            points = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]])
-        margin = float(max(height, width) + 2)  # vertices this far out are cut; nearer ones are drawn as they are
-        points = _clip_polygon(points, -margin, -margin, width - 1 + margin, height - 1 + margin)
-        if len(points):
-            cv2.fillPoly(plane, [_fixed(points, shift)], 1, lineType=cv2.LINE_8, shift=shift)
-    elif kind == "circle":
-        centre = shape.points[0]
-        radius = float(np.hypot(*(shape.points[1] - centre)))
-        _fill_near(plane, centre[None, :], radius)
-    elif kind in ("line", "linestrip"):
-        points = shape.points
-        for start, end in zip(points[:-1], points[1:]):
-            _fill_near(plane, np.stack([start, end]), line_width / 2)
-    elif kind == "mask":
+    if kind == "mask":
         _paste_mask(plane, shape)
+    elif kind == "circle" and _radius(shape) > MAX_RADIUS:
+        _fill_disc(plane, shape.points[0], _radius(shape))
+    elif kind not in ("point", "points"):
+        canvas = Image.new("L", (plane.shape[1], plane.shape[0]), 0)
+        _draw(ImageDraw.Draw(canvas), plane.shape, shape, line_width)
+        plane |= np.asarray(canvas, dtype=np.uint8)
 
 
-def _fill_near(plane: np.ndarray, segment: np.ndarray, radius: float) -> None:
-    """Set the pixels whose centres lie within radius of a point or segment (1 or 2 rows of x, y)."""
+def _drawn_by_pillow(shape: Shape) -> bool:
+    return shape.shape_type not in ("mask", "point", "points") and not (
+        shape.shape_type == "circle" and _radius(shape) > MAX_RADIUS)
+
+
+def _radius(shape: Shape) -> float:
+    return float(np.hypot(*(shape.points[1] - shape.points[0])))
+
+
+def _draw(draw: ImageDraw.ImageDraw, size: tuple, shape: Shape, line_width: int) -> None:
+    """Draw a polygon, rectangle, circle or line shape with Pillow, ink 1, as Labelme's shape_to_mask does."""
+    height, width = size
+    points = shape.points
+    kind = shape.shape_type
+    box = (-FAR, -FAR, width + FAR, height + FAR)
+    if kind in ("polygon", "oriented_rectangle"):
+        points = _clip_polygon(points, *box)
+        if len(points) >= 2:
+            draw.polygon(_xy(points), fill=1, outline=1)
+    elif kind == "rectangle":
+        low = np.maximum(points.min(axis=0), box[:2])
+        high = np.minimum(points.max(axis=0), box[2:])
+        if (low <= high).all():
+            draw.rectangle((float(low[0]), float(low[1]), float(high[0]), float(high[1])), fill=1, outline=1)
+    elif kind == "circle":
+        (cx, cy), radius = points[0], _radius(shape)
+        if box[0] <= cx <= box[2] and box[1] <= cy <= box[3]:  # else too far out to reach the image
+            draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=1, outline=1)
+    elif kind in ("line", "linestrip"):
+        if _outside(points, *box):
+            for start, end in zip(points[:-1], points[1:]):  # far-reaching segments cut one by one (no joints)
+                segment = _clip_segment(start, end, *box)
+                if segment is not None:
+                    draw.line(_xy(segment), fill=1, width=line_width)
+        else:
+            draw.line(_xy(points), fill=1, width=line_width, joint="curve" if kind == "linestrip" else None)
+
+
+def _xy(points: np.ndarray) -> list:
+    return [(float(x), float(y)) for x, y in points]
+
+
+def _outside(points: np.ndarray, left: float, top: float, right: float, bottom: float) -> bool:
+    return bool((points.min(axis=0) < (left, top)).any() or (points.max(axis=0) > (right, bottom)).any())
+
+
+def _fill_disc(plane: np.ndarray, centre: np.ndarray, radius: float) -> None:
+    """Set the pixels whose centres (i + 0.5) lie within radius of centre, a band of rows at a time."""
     height, width = plane.shape
-    low = np.floor(segment.min(axis=0) - radius)
-    high = np.ceil(segment.max(axis=0) + radius)
-    x0, x1 = (int(np.clip(v, 0, width - 1)) for v in (low[0], high[0]))
-    y0, y1 = (int(np.clip(v, 0, height - 1)) for v in (low[1], high[1]))
-    a = segment[0]
-    d = segment[-1] - a
-    length = float(d @ d)
-    x = np.arange(x0, x1 + 1, dtype=np.float64)[None, :] - a[0]
-    rows = max(1, (1 << 20) // (x1 - x0 + 1))  # bounded memory for huge shapes
-    for top in range(y0, y1 + 1, rows):
-        y = np.arange(top, min(top + rows, y1 + 1), dtype=np.float64)[:, None] - a[1]
-        t = 0.0 if length == 0 else np.clip((x * d[0] + y * d[1]) / length, 0.0, 1.0)
-        near = (x - t * d[0]) ** 2 + (y - t * d[1]) ** 2 <= radius * radius + 1e-9
-        plane[top : top + near.shape[0], x0 : x1 + 1] |= near.view(np.uint8)
+    cx, cy = float(centre[0]), float(centre[1])
+    x = np.arange(width, dtype=np.float64)[None, :] + 0.5 - cx
+    rows = max(1, (1 << 20) // width)
+    for top in range(0, height, rows):
+        y = np.arange(top, min(top + rows, height), dtype=np.float64)[:, None] + 0.5 - cy
+        plane[top:top + y.shape[0]] |= (x * x + y * y <= radius * radius).view(np.uint8)
 
 
 def _clip_polygon(points: np.ndarray, left: float, top: float, right: float, bottom: float) -> np.ndarray:
-    """The polygon cut to a box (Sutherland-Hodgman), so far-away vertices cost nothing to fill."""
-    if (points.min(axis=0) >= (left, top)).all() and (points.max(axis=0) <= (right, bottom)).all():
+    """The polygon cut to a box (Sutherland-Hodgman), so far-away vertices reach no drawing routine."""
+    if not _outside(points, left, top, right, bottom):
         return points
     polygon = [tuple(p) for p in points]
     for axis, bound, keep_above in ((0, left, True), (0, right, False), (1, top, True), (1, bottom, False)):
@@ -159,16 +212,40 @@ def _clip_polygon(points: np.ndarray, left: float, top: float, right: float, bot
     return np.array(polygon, dtype=np.float64)
 
 
-def _fixed(points: np.ndarray, shift: int) -> np.ndarray:
-    limit = float((1 << 29) >> shift)  # keeps far-away points inside int32 once shifted
-    return np.round(np.clip(points, -limit, limit) * (1 << shift)).astype(np.int32)
+def _clip_segment(start, end, left: float, top: float, right: float, bottom: float) -> np.ndarray | None:
+    """The part of a segment inside a box (Liang-Barsky), None when it misses the box."""
+    d = end - start
+    t0, t1 = 0.0, 1.0
+    for p, q in ((-d[0], start[0] - left), (d[0], right - start[0]), (-d[1], start[1] - top), (d[1], bottom - start[1])):
+        if p == 0:
+            if q < 0:
+                return None
+            continue
+        t = q / p
+        if p < 0:
+            t0 = max(t0, t)
+        else:
+            t1 = min(t1, t)
+        if t0 > t1:
+            return None
+    return np.stack([start + t0 * d, start + t1 * d])
+
+
+def mask_origin(shape: Shape) -> tuple[int, int, int, int]:
+    """(x, y, height, width) of the patch a mask shape pastes, as Labelme places it (see the module docstring)."""
+    corners = np.sort(shape.points, axis=0)
+    (x1, y1), (x2, y2) = np.round(corners).astype(np.int64)
+    if np.array_equal(corners, np.trunc(corners)):
+        return int(x1), int(y1), int(y2 - y1 + 1), int(x2 - x1 + 1)
+    h, w = shape.mask.shape if shape.mask is not None else (0, 0)
+    return int(x1), int(y1), int(h), int(w)
 
 
 def _paste_mask(plane: np.ndarray, shape: Shape) -> None:
     if shape.mask is None:
         return
-    x0, y0 = (int(v) for v in np.floor(shape.points.min(axis=0)))
-    h, w = shape.mask.shape
+    x0, y0, h, w = mask_origin(shape)
+    h, w = min(h, shape.mask.shape[0]), min(w, shape.mask.shape[1])
     top, left = max(y0, 0), max(x0, 0)
     bottom, right = min(y0 + h, plane.shape[0]), min(x0 + w, plane.shape[1])
     if bottom <= top or right <= left:

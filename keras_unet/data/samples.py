@@ -41,7 +41,7 @@ def sample_stem(json_path, data_dir) -> str:
     return "__".join(relative.parts)
 
 
-def prepare_samples(data_dir, classes, cache_dir=None, line_width: int = 3, log=print, skip_bad: bool = False,
+def prepare_samples(data_dir, classes, cache_dir=None, line_width: int = 10, log=print, skip_bad: bool = False,
                     bad: list | None = None, require_pixels: bool = False) -> list[Sample]:
     """Samples for a Labelme folder (masks cached) or an image + masks/ folder.
 

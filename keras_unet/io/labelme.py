@@ -1,4 +1,9 @@
-"""Read and write Labelme JSON annotations (versions 3.x to 5.x) as plain data (numpy + OpenCV only)."""
+"""Read and write Labelme JSON annotations (versions 3 to 7) as plain data (numpy + OpenCV only).
+
+Unknown keys (Labelme 7's per-shape `locked`, Labelme 3's colours, other tools' extras) are ignored. A file
+may name its original image in SOURCE_KEY (written beside an 8-bit copy by pre-annotations): that image, not
+imagePath or imageData, is then the one read.
+"""
 
 from __future__ import annotations
 
@@ -18,15 +23,18 @@ from keras_unet.errors import DataError
 from keras_unet.io import images
 from keras_unet.io.files import is_file, is_inside, read_bytes, write_bytes_atomic
 
-LABELME_VERSION = "5.4.1"
-SHAPE_TYPES = ("polygon", "rectangle", "circle", "line", "linestrip", "point", "points", "mask")
+LABELME_VERSION = "7.9.1"  # what Labelme 7.9.1 writes (it reads any version; Labelme 5 opens it with a warning)
+SHAPE_TYPES = ("polygon", "rectangle", "oriented_rectangle", "circle", "line", "linestrip", "point", "points", "mask")
 MAX_COORDINATE = 1e9  # pixels; points farther out are refused rather than drawn
-MIN_POINTS = {"polygon": 3, "rectangle": 2, "circle": 2, "line": 2, "linestrip": 2, "point": 1, "points": 1, "mask": 2}
+MIN_POINTS = {"polygon": 3, "rectangle": 2, "oriented_rectangle": 4, "circle": 2, "line": 2, "linestrip": 2,
+              "point": 1, "points": 1, "mask": 2}
+EXACT_POINTS = {"oriented_rectangle": 4, "circle": 2, "mask": 2}  # shape types with a fixed number of points
+SOURCE_KEY = "keras_unet"  # top-level key: {"source_image": the original image, relative to the JSON's folder}
 
 
 @dataclass(frozen=True, eq=False)
 class Shape:
-    """One Labelme shape; points are (N, 2) float64 x, y in pixels (integers are pixel centres)."""
+    """One Labelme shape; points are (N, 2) float64 x, y in Labelme's coordinates (pixel i spans i .. i + 1)."""
 
     label: str
     shape_type: str
@@ -67,6 +75,9 @@ def read_labelme(json_path, data_dir=None) -> Annotation:
     warnings: list[str] = []
     image_data = _image_data(document, json_path)
     image_path = _image_path(document, json_path, warnings, need_file=image_data is None)
+    source = _source_image(document, json_path, warnings)
+    if source is not None:
+        image_data, image_path = None, source
     if image_data is None and image_path is None:
         raise DataError(json_path, "has neither imageData nor imagePath: cannot find its image")
     shapes = [_parse_shape(raw, index, json_path, warnings) for index, raw in enumerate(document["shapes"])]
@@ -129,7 +140,7 @@ def find_annotations(data_dir) -> list[Path]:
 
 def labelme_document(shapes, image_path: str, height: int, width: int, image_data: bytes | None = None,
                      digits: int | None = None) -> dict:
-    """A Labelme 5 JSON document (a dict) holding shapes, e.g. predicted polygons, for an image (digits: rounding)."""
+    """A Labelme JSON document (a dict) holding shapes, e.g. predicted polygons, for an image (digits: rounding)."""
     out = []
     for shape in shapes:
         if isinstance(shape, Shape):
@@ -225,6 +236,27 @@ def _image_path(document: dict, json_path: Path, warnings: list[str], need_file:
         return None
     if not isinstance(value, str):
         raise DataError(json_path, "imagePath is not a string")
+    return _resolve(value, json_path, warnings, need_file, "imagePath")
+
+
+def _source_image(document: dict, json_path: Path, warnings: list[str]) -> Path | None:
+    """The original image a pre-annotation names in SOURCE_KEY, when it is there (else a warning and None)."""
+    extra = document.get(SOURCE_KEY)
+    if extra is None:
+        return None
+    value = extra.get("source_image") if isinstance(extra, dict) else None
+    if not isinstance(value, str) or not value:
+        raise DataError(json_path, f"{SOURCE_KEY!r} is not an object with a 'source_image' path")
+    path = _resolve(value, json_path, warnings, False, f"{SOURCE_KEY}.source_image")  # never the copy beside it
+    if is_file(path):
+        return path
+    warnings.append(f"{json_path}: its original image {value!r} ({SOURCE_KEY}.source_image) is not found; "
+                    "using imagePath or imageData (the 8-bit copy the annotator saw) instead")
+    return None
+
+
+def _resolve(value: str, json_path: Path, warnings: list[str], need_file: bool, what: str) -> Path:
+    """A path written in a Labelme file (POSIX or Windows, relative to the JSON's folder), found beside it if moved."""
     folder = json_path.parent
     if "\\" in value or PureWindowsPath(value).drive:
         windows = PureWindowsPath(value)
@@ -237,7 +269,7 @@ def _image_path(document: dict, json_path: Path, warnings: list[str], need_file:
     if need_file and not is_file(candidate):
         beside = folder / name
         if name and is_file(beside):
-            warnings.append(f"{json_path}: imagePath {value!r} not found; using {name} beside the JSON")
+            warnings.append(f"{json_path}: {what} {value!r} not found; using {name} beside the JSON")
             return beside
     return candidate
 
@@ -272,18 +304,20 @@ def _parse_shape(raw, index: int, json_path: Path, warnings: list[str]) -> Shape
         raise DataError(
             json_path, f"{where}: a {shape_type} needs at least {need} points, this one has {len(points)}"
         )
-    if shape_type in ("circle", "mask") and len(points) != 2:
-        raise DataError(json_path, f"{where}: a {shape_type} needs exactly 2 points, this one has {len(points)}")
+    if shape_type in EXACT_POINTS and len(points) != EXACT_POINTS[shape_type]:
+        article = "an" if shape_type[0] in "aeiou" else "a"
+        raise DataError(json_path, f"{where}: {article} {shape_type} needs exactly {EXACT_POINTS[shape_type]} points, "
+                                   f"this one has {len(points)}")
     group_id = raw.get("group_id")
     if group_id is not None and (isinstance(group_id, bool) or not isinstance(group_id, int)):
         raise DataError(json_path, f"{where}: group_id {group_id!r} is not a whole number")
     mask = _parse_mask(raw.get("mask"), json_path, where) if shape_type == "mask" else None
-    if mask is not None:
-        (x1, y1), (x2, y2) = np.floor(np.sort(np.array(raw["points"], dtype=np.float64), axis=0)).astype(int)
+    if mask is not None and np.array_equal(points, np.trunc(points)):  # whole-pixel bounds name the patch's size
+        (x1, y1), (x2, y2) = np.sort(points, axis=0).astype(np.int64)
         if mask.shape != (y2 - y1 + 1, x2 - x1 + 1):
             warnings.append(
                 f"{json_path}: {where}: mask is {mask.shape[1]}x{mask.shape[0]} but its box is "
-                f"{x2 - x1 + 1}x{y2 - y1 + 1}; pasted at the box's top-left corner"
+                f"{x2 - x1 + 1}x{y2 - y1 + 1}; pasted at the box's top-left corner, cut to the box"
             )
     points.setflags(write=False)
     return Shape(label=label, shape_type=shape_type, points=points, mask=mask, group_id=group_id)

@@ -1,13 +1,10 @@
-"""keras_unet.data.samples (and the rasteriser it uses): every shape type, the mask cache, image + mask folders."""
+"""keras_unet.data.samples: the mask cache, image + mask folders, the real SCR masks."""
 
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from conftest import JSRT_DIR as JSRT
 from keras_unet.data.rasterize import rasterize
@@ -19,105 +16,7 @@ from labelme_factory import (SMALL_SHAPES, dice, document, gradient, labelme_pai
                              write_image, write_json)
 
 
-def _annotation(shapes, height=30, width=30) -> labelme.Annotation:
-    return labelme.Annotation(Path("x.json"), None, None, height, width, list(shapes))
-
-
-def _shape(kind, points, label="a", **extra) -> labelme.Shape:
-    return labelme.Shape(label, kind, np.array(points, dtype=np.float64), **extra)
-
-
-def _area(kind, points, line_width=3, **extra) -> int:
-    out, _ = rasterize(_annotation([_shape(kind, points, **extra)]), ["a"], line_width)
-    return int(out.sum())
-
-
-# -- rasterising --------------------------------------------------------------------------------------
-
-
-def test_output_layout():
-    out, stats = rasterize(_annotation([_shape("polygon", [[1, 1], [5, 1], [5, 5]])], 20, 30), ["a", "b"])
-    assert out.shape == (20, 30, 2) and out.dtype == np.uint8 and set(np.unique(out)) <= {0, 1}
-    assert stats.pixels == {"a": int(out[..., 0].sum()), "b": 0}
-
-
-def test_rectangle_is_inclusive():
-    out, _ = rasterize(_annotation([_shape("rectangle", [[9, 9], [0, 0]])]), ["a"])
-    assert out.sum() == 100 and out[:10, :10].all()  # pixels 0..9 on both axes, corners in any order
-
-
-def test_polygon_square_includes_its_outline():
-    assert _area("polygon", [[2, 2], [7, 2], [7, 7], [2, 7]]) == 36
-
-
-def test_circle_is_pixels_within_the_radius():
-    assert _area("circle", [[10, 10], [15, 10]]) == 81  # lattice points within distance 5
-    out, _ = rasterize(_annotation([_shape("circle", [[10, 10], [13, 14]])]), ["a"])
-    half = out[5:16, 5:16, 0]
-    assert np.array_equal(half, half[::-1]) and np.array_equal(half, half[:, ::-1])  # symmetric
-
-
-def test_lines_and_linestrips():
-    assert _area("line", [[2, 5], [12, 5]], line_width=1) == 11
-    assert _area("line", [[2, 5], [12, 5]], line_width=3) == 11 * 3 + 2 * 3  # 3 rows, round ends of radius 1.5
-    assert _area("linestrip", [[0, 0], [5, 0], [5, 5]], line_width=1) == 11
-    diagonal, _ = rasterize(_annotation([_shape("line", [[0, 0], [10, 5]])]), ["a"], 1)
-    _, labels = cv2.connectedComponents(diagonal[..., 0], connectivity=8)
-    assert labels.max() == 1 and diagonal[0, 0, 0] and diagonal[5, 10, 0]  # one unbroken stroke
-
-
-def test_point_is_ignored_and_counted():
-    out, stats = rasterize(_annotation([_shape("point", [[4, 4]])]), ["a"])
-    assert out.sum() == 0 and stats.ignored_points == 1
-
-
-def test_mask_shape_is_pasted_at_its_box():
-    box = np.zeros((3, 4), dtype=bool)
-    box[1, 1:3] = True
-    out, _ = rasterize(_annotation([_shape("mask", [[10, 20], [13, 22]], mask=box)]), ["a"])
-    assert out.sum() == 2 and out[21, 11, 0] and out[21, 12, 0]
-
-
-def test_points_outside_are_clipped_and_counted():
-    out, stats = rasterize(_annotation([_shape("rectangle", [[-5, -5], [4, 4]])]), ["a"])
-    assert out.sum() == 25 and stats.clipped_points == 1
-    far = [[-1e12, -1e12], [1e12, -1e12], [1e12, 1e12], [-1e12, 1e12]]
-    out, stats = rasterize(_annotation([_shape("polygon", far)], 8, 9), ["a"])
-    assert out.all() and stats.clipped_points == 4
-
-
-def test_classes_overlap_and_unknown_labels_are_skipped():
-    shapes = [
-        _shape("polygon", [[0, 0], [9, 0], [9, 9], [0, 9]], label="rib"),
-        _shape("polygon", [[5, 5], [14, 5], [14, 14], [5, 14]], label="clavicle"),
-        _shape("polygon", [[0, 0], [3, 0], [3, 3]], label="heart"),
-        _shape("circle", [[3, 3], [4, 4]], label="heart"),
-    ]
-    out, stats = rasterize(_annotation(shapes), ["clavicle", "rib"])
-    assert out[7, 7].tolist() == [1, 1]  # the overlap is in both channels
-    assert out[2, 2].tolist() == [0, 1] and out[12, 12].tolist() == [1, 0]
-    assert stats.skipped == {"heart": 2} and stats.pixels == {"clavicle": 100, "rib": 100}
-
-
-@settings(max_examples=40, deadline=None)
-@given(st.integers(0, 20), st.integers(0, 20), st.integers(0, 15), st.integers(0, 15))
-def test_integer_polygon_rectangle_matches_slice(x0, y0, w, h):
-    corners = [[x0, y0], [x0 + w, y0], [x0 + w, y0 + h], [x0, y0 + h]]
-    out, _ = rasterize(_annotation([_shape("polygon", corners)], 40, 40), ["a"])
-    expected = np.zeros((40, 40), np.uint8)
-    expected[y0 : y0 + h + 1, x0 : x0 + w + 1] = 1
-    assert np.array_equal(out[..., 0], expected)
-
-
-@settings(max_examples=25, deadline=None)
-@given(st.integers(25, 75), st.integers(25, 75), st.integers(2, 22), st.integers(2, 22), st.floats(0, 180))
-def test_polygons_traced_from_masks_give_the_masks_back(cx, cy, ax, ay, angle):
-    # The SCR convention: a polygon through a mask's boundary pixel centres rasterises back to the mask.
-    blob = cv2.ellipse(np.zeros((100, 100), np.uint8), (cx, cy), (ax, ay), angle, 0, 360, 1, -1)
-    contours, _ = cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    shapes = [_shape("polygon", c[:, 0, :]) for c in contours if len(c) >= 3]
-    out, _ = rasterize(_annotation(shapes, 100, 100), ["a"])
-    assert np.array_equal(out[..., 0], blob)
+# The rasteriser's own tests (every shape type, Labelme's pixel convention) are in tests/data/test_rasterize.py.
 
 
 # -- prepare_samples ----------------------------------------------------------------------------------

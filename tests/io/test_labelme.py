@@ -1,4 +1,4 @@
-"""keras_unet.io.labelme: Labelme JSON in (3.x to 5.x), validation, finding files, Labelme JSON out."""
+"""keras_unet.io.labelme: Labelme JSON in (3 to 7), validation, finding files, the source-image key, JSON out."""
 
 import base64
 import json
@@ -89,6 +89,7 @@ def test_every_shape_type_parses(tmp_path):
     shapes = [
         shape("a", SQUARE),
         shape("a", [[0, 0], [3, 3]], "rectangle"),
+        shape("a", [[1.5, 1], [6, 3.5], [4.5, 8], [0, 5.5]], "oriented_rectangle", locked=True),
         shape("a", [[5, 5], [8, 5]], "circle"),
         shape("a", [[0, 0], [9, 9]], "line"),
         shape("a", [[0, 0], [4, 0], [4, 4]], "linestrip"),
@@ -97,7 +98,8 @@ def test_every_shape_type_parses(tmp_path):
     ]
     annotation = labelme.read_labelme(labelme_pair(tmp_path, "s", shapes))
     types = [s.shape_type for s in annotation.shapes]
-    assert types == ["polygon", "rectangle", "circle", "line", "linestrip", "point", "mask"]
+    assert types == ["polygon", "rectangle", "oriented_rectangle", "circle", "line", "linestrip", "point", "mask"]
+    assert annotation.shapes[2].points.tolist() == [[1.5, 1], [6, 3.5], [4.5, 8], [0, 5.5]]
     masked = annotation.shapes[-1]
     assert masked.group_id == 7 and masked.mask.dtype == bool and np.array_equal(masked.mask, mask > 0)
     assert not annotation.warnings
@@ -117,6 +119,9 @@ def _bad_file(tmp_path, content, name="bad.json"):
         (document([shape("bone", [[1, 1], [2, 2]])], "img.png"), "shape 0 ('bone')"),
         (document([shape("a", SQUARE), shape("bone", [[1, 1]], "rectangle")], "img.png"), "shape 1 ('bone')"),
         (document([shape("bone", [[1, 1], [2, 2], [3, 3]], "circle")], "img.png"), "exactly 2 points"),
+        (document([shape("bone", [[1, 1], [2, 2], [3, 3], [1, 3], [0, 0]], "oriented_rectangle")], "img.png"),
+         "an oriented_rectangle needs exactly 4 points, this one has 5"),
+        ({**document([], "img.png"), "keras_unet": {"source": "x.png"}}, "'keras_unet' is not an object with"),
         (document([shape("bone", SQUARE, "ellipse")], "img.png"), "unknown shape_type 'ellipse'"),
         (document([shape("bone", [[1, 1], [2, "x"], [3, 3]])], "img.png"), "not a pair of numbers"),
         (document([{"points": SQUARE, "shape_type": "polygon"}], "img.png"), "shape 0 has no label"),
@@ -168,7 +173,7 @@ def test_labelme_document_roundtrip(tmp_path):
     write_image(tmp_path / "img.png", gradient())
     shapes = [labelme.Shape("bone", "polygon", np.array(SQUARE, dtype=float)), {"label": "rib", "points": SQUARE}]
     doc = labelme.labelme_document(shapes, "img.png", 20, 30)
-    assert doc["version"] == "5.4.1" and doc["imageData"] is None
+    assert doc["version"] == "7.9.1" and doc["imageData"] is None  # what Labelme 7.9.1 writes
     assert [s["shape_type"] for s in doc["shapes"]] == ["polygon", "polygon"]
     labelme.write_labelme(tmp_path / "pred.json", doc)
     back = labelme.read_labelme(tmp_path / "pred.json")
@@ -181,3 +186,29 @@ def test_labelme_document_embeds_image_data():
     data = png_bytes(gradient(4, 4))
     doc = labelme.labelme_document([], "x.png", 4, 4, image_data=data)
     assert base64.b64decode(doc["imageData"]) == data
+
+
+def test_unknown_keys_are_ignored(tmp_path):
+    # Labelme 7's per-shape `locked`, Labelme 3's colours, another tool's extras: read as if absent
+    extra = {"locked": True, "line_color": [0, 255, 0, 128], "fill_color": None, "score": 0.9, "attributes": {}}
+    path = labelme_pair(tmp_path, "a", [shape("bone", SQUARE, **extra), shape("rib", SQUARE)])
+    doc = json.loads(path.read_text())
+    write_json(path, {**doc, "lineColor": [0, 255, 0, 128], "otherTool": {"x": 1}})
+    annotation = labelme.read_labelme(path)
+    assert annotation.shapes[0] == labelme.Shape("bone", "polygon", np.array(SQUARE, dtype=float))
+    assert not annotation.warnings
+
+
+def test_source_image_key_names_the_image_read(tmp_path):
+    original = (gradient(20, 30, np.uint16) * 50).astype(np.uint16)
+    write_image(tmp_path / "orig" / "scan.png", original)
+    write_image(tmp_path / "pre" / "scan.png", gradient(20, 30))  # the 8-bit copy the annotator opened
+    doc = {**document([shape("bone", SQUARE)], "scan.png", image_data=png_bytes(gradient(20, 30))),
+           labelme.SOURCE_KEY: {"source_image": "../orig/scan.png"}}
+    annotation = labelme.read_labelme(write_json(tmp_path / "pre" / "scan.json", doc))
+    assert annotation.image_path == tmp_path / "pre" / ".." / "orig" / "scan.png" and annotation.image_data is None
+    assert np.array_equal(labelme.load_image(annotation), original) and not annotation.warnings
+    (tmp_path / "orig" / "scan.png").unlink()  # moved away: the copy is used, with a warning
+    annotation = labelme.read_labelme(tmp_path / "pre" / "scan.json")
+    assert annotation.image_data is not None and np.array_equal(labelme.load_image(annotation), gradient(20, 30))
+    assert len(annotation.warnings) == 1 and "its original image '../orig/scan.png'" in annotation.warnings[0]
