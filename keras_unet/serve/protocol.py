@@ -83,7 +83,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     except KerasUnetError as exc:
         raise _image_refused(exc) from None
     if height * width > max_pixels:
-        raise too_large(f"image is {width}x{height} = {height * width:,} pixels, more than this server's limit of "
+        raise too_large(f"{IMAGE_SOURCE} is {width}x{height} = {height * width:,} pixels, more than this server's limit of "
                         f"{max_pixels:,} (--max-pixels)")
     try:
         return images.decode_image(data, IMAGE_SOURCE)

@@ -4,6 +4,7 @@ token; the socket is bound before the model loads, so a taken port is one error 
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 
 from keras_unet.errors import ConfigError, first_line
@@ -41,7 +42,8 @@ def listen(host: str, port: int) -> socket.socket:
             name, family = "127.0.0.1", socket.AF_INET
         return socket.create_server((name, port), family=family, backlog=128)
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or first_line(exc)})") from None
+        reason = os.strerror(exc.errno) if exc.errno else first_line(exc)
+        raise ConfigError(f"cannot listen on {host}:{port} ({reason})") from None
 
 
 def url_of(sock: socket.socket) -> str:
