@@ -5,11 +5,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import JSRT_DIR as JSRT
 from keras_unet.data.rasterize import LABELME_LINE_WIDTH, MAX_RADIUS, rasterize
 from keras_unet.io import labelme
+from keras_unet.io.images import read_image
+from labelme_factory import dice
 
 
 def _annotation(shapes, height=30, width=30) -> labelme.Annotation:
@@ -175,3 +179,21 @@ def test_polygons_traced_from_masks_give_the_masks_back(cx, cy, ax, ay, angle):
         shapes = [_shape("polygon", c[:, 0, :] + offset) for c in contours if len(c) >= 3]
         out, _ = rasterize(_annotation(shapes, 100, 100), ["a"])
         assert np.array_equal(out[..., 0], blob)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not JSRT.is_dir(), reason="research data folder ../shared/datasets/jsrt-scr-fold1 absent")
+def test_every_jsrt_polygon_file_reproduces_its_expert_masks():
+    json_files = sorted(JSRT.glob("*.json"))
+    assert len(json_files) == 124, f"{JSRT} holds {len(json_files)} Labelme files, not 124"
+    classes = ["left_clavicle", "right_clavicle", "left_lung", "right_lung", "heart"]
+    scores = []
+    for json_path in json_files:
+        out, stats = rasterize(labelme.read_labelme(json_path), classes)
+        assert not stats.skipped and stats.clipped_points == 0, json_path.name
+        for index, name in enumerate(classes):
+            expert = read_image(JSRT / "masks" / name / f"{json_path.stem}.png")
+            scores.append(dice(out[..., index], expert))
+            assert scores[-1] >= 0.99, (json_path.name, name, scores[-1])
+    print(f"JSRT fold 1: {len(json_files)} images x {len(classes)} classes, Dice vs expert masks "
+          f"min {min(scores):.4f} mean {np.mean(scores):.4f}")
