@@ -76,11 +76,14 @@ def run(argv, log=print) -> int:
         url = url_of(sock)
         log(f"serving {args.model_id!r} at {url} (token {'required' if token else 'off'}); X-AnyLabeling: "
             f"Remote-Server, server URL {url}; GET {url}/health; Ctrl+C stops")
-        run_server(create_app(service, token, log), sock, connections=max(64, 4 * (limits.concurrency + limits.queue)))
-        service.close()
+        try:
+            run_server(create_app(service, token, log), sock,
+                       connections=max(64, 4 * (limits.concurrency + limits.queue)))
+        finally:
+            service.close()
+            log("server stopped")
     finally:
         sock.close()
-    log("server stopped")
     return 0
 
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import signal
 import socket
+import subprocess
+import sys
+import threading
 
-from keras_unet.errors import ConfigError, first_line
+from keras_unet.errors import ConfigError, KerasUnetError, first_line
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000  # X-AnyLabeling's default server is http://localhost:8000
@@ -59,3 +64,50 @@ def run(app, sock: socket.socket, connections: int) -> None:
     config = uvicorn.Config(app, log_level="warning", access_log=False, limit_concurrency=connections,
                             timeout_keep_alive=5, lifespan="off")
     uvicorn.Server(config).run(sockets=[sock])
+
+
+READY = re.compile(r"^serving .* at (http://\S+) ")
+
+
+class ServerProcess:
+    """`keras-unet serve ARGV...` in a child process, started and waited for: its URL once it listens with the model
+    loaded, everything it printed (`output`), and stop() (Ctrl+C) for its exit code."""
+
+    def __init__(self, argv, timeout: float = 120.0, env=None):
+        command = [sys.executable, "-u", "-m", "keras_unet.cli.main", "serve", *map(str, argv)]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        env={**os.environ, **(env or {})})
+        self.output: list[str] = []
+        self._ready = threading.Event()
+        self.url = ""
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._ready.wait(timeout) or not self.url:
+            self.process.kill()
+            self.process.wait()
+            raise KerasUnetError(f"keras-unet serve did not start: {self.output[-1] if self.output else 'no output'}")
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.output.append(line.rstrip("\n"))
+            found = READY.match(line)
+            if found and not self.url:
+                self.url = found.group(1)
+                self._ready.set()
+        self._ready.set()  # it exited
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """Interrupt the server (SIGINT, as Ctrl+C) and wait for it; its exit code (killed after timeout)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
