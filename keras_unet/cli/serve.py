@@ -77,7 +77,7 @@ def run(argv, log=print) -> int:
         log(f"serving {args.model_id!r} at {url} (token {'required' if token else 'off'}); X-AnyLabeling: "
             f"Remote-Server, server URL {url}; GET {url}/health; Ctrl+C stops")
         try:
-            run_server(create_app(service, token, log), sock,
+            run_server(create_app(service, token), sock,
                        connections=max(64, 4 * (limits.concurrency + limits.queue)))
         finally:
             service.close()

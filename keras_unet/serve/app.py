@@ -33,7 +33,7 @@ from keras_unet.serve.service import ModelService
 TOKEN_HEADER = "Token"
 
 
-def create_app(service: ModelService, token: str | None = None, log=print) -> FastAPI:
+def create_app(service: ModelService, token: str | None = None) -> FastAPI:
     """The FastAPI application serving one ModelService; token: the API key every /v1 request must carry."""
     app = FastAPI(title="keras_unet model server", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None)
@@ -63,17 +63,17 @@ def create_app(service: ModelService, token: str | None = None, log=print) -> Fa
     @app.post("/v1/predict")
     async def predict(request: Request):
         check_token(request)
-        return await _answer(request, service, masks=False, log=log)
+        return await _answer(request, service, masks=False)
 
     @app.post("/v1/segment")
     async def segment(request: Request):
         check_token(request)
-        return await _answer(request, service, masks=True, log=log)
+        return await _answer(request, service, masks=True)
 
     return app
 
 
-async def _answer(request, service: ModelService, masks: bool, log) -> dict:
+async def _answer(request, service: ModelService, masks: bool) -> JSONResponse:
     """Admit the request, read and parse its body within the limits, segment on a worker thread."""
     with service.admission.enter():
         body = await read_body(request, service.limits.max_bytes)
@@ -93,10 +93,10 @@ async def _answer(request, service: ModelService, masks: bool, log) -> dict:
             answer = await service.submit(data, settings, classes, masks)
         except protocol.RequestError:
             raise
-        except Exception as exc:  # a fault in the model or the runtime: one line back, the details in the log
+        except Exception as exc:  # a fault in the model or the runtime: one line back and on stderr
             print(f"error: {request.url.path}: {type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
             raise protocol.RequestError(500, "INFERENCE_ERROR", f"inference failed: {first_line(exc)}") from None
-    return {"success": True, "data": answer}
+    return JSONResponse({"success": True, "data": answer})  # plain JSON types already: no jsonable_encoder pass
 
 
 async def read_body(request, limit: int) -> bytes:

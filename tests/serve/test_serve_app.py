@@ -218,3 +218,21 @@ def test_beyond_concurrency_and_queue_requests_get_503_and_the_admitted_ones_fin
     assert [r.status_code for r in done] == [200, 200]
     assert done[0].json() == done[1].json() and done[0].json()["data"]["shapes"]
     assert service.admission.inside == 0
+
+
+def test_a_fault_in_the_model_is_a_500_with_one_line_and_the_server_goes_on(capsys):
+    base = predictor()
+
+    def broken(batch):
+        raise RuntimeError("tensor arena exhausted\nsecond line")
+
+    app, service = make_app(predictors=[Predictor(broken, base.config, base.source)])
+    _, payload = x_anylabeling_request("keras_unet", data_uri(IMAGE))
+    with TestClient(app) as faulty:
+        for _ in range(2):
+            answer = faulty.post("/v1/predict", json=payload, headers=auth())
+            assert answer.status_code == 500
+            assert answer.json()["error"] == {"code": "INFERENCE_ERROR",
+                                              "message": "inference failed: tensor arena exhausted"}
+    assert capsys.readouterr().err.splitlines()[-1] == "error: /v1/predict: RuntimeError: tensor arena exhausted"
+    assert service.admission.inside == 0
