@@ -75,9 +75,10 @@ def x_anylabeling_python() -> str:
     return found
 
 
-def test_x_anylabelings_own_client_gets_the_shapes(server, tmp_path):
+def test_x_anylabelings_own_client_gets_the_shapes_and_its_saved_file_reads_back_for_training(server, tmp_path):
     python = x_anylabeling_python()
-    out = subprocess.run([python, str(CLIENT), server.url, TOKEN, str(IMAGE), str(tmp_path)], capture_output=True,
+    image = shutil.copy(IMAGE, tmp_path / IMAGE.name)
+    out = subprocess.run([python, str(CLIENT), server.url, TOKEN, str(image), str(tmp_path)], capture_output=True,
                          text=True, timeout=300, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
@@ -87,3 +88,10 @@ def test_x_anylabelings_own_client_gets_the_shapes(server, tmp_path):
     assert got["file"] and got["file"] == got["canvas"]  # the file's bytes and Qt's re-encoded RGB PNG alike
     assert {s["shape_type"] for s in got["file"]} == {"polygon"}
     assert_rasterises_to_the_masks(got["file"], tmp_path)
+    # the file X-AnyLabeling saved (its own keys: score, difficult, kie_linking, ...) as training reads it
+    saved = read_labelme(got["saved"])
+    assert saved.image_path == Path(image) and len(saved.shapes) == len(got["file"])
+    masks = predictor().segment(read_image(image))[1]
+    drawn, _ = rasterize(saved, predictor().classes)
+    for c, name in enumerate(predictor().classes):
+        assert dice(drawn[..., c], masks[..., c]) >= 0.98, name

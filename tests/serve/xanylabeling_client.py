@@ -1,7 +1,8 @@
 """Run by a Python that has x-anylabeling-cvhub (not by pytest): X-AnyLabeling's own RemoteServer client, set up as
 its settings dialog leaves it (remote_server_settings in the user config), lists the server's models, picks the
 first, and auto-labels one image twice: as a file (sent as its bytes) and as a canvas picture (no path: sent as the
-PNG it re-encodes). Prints the models and the shapes it got as one JSON line.
+PNG it re-encodes), then saves the file's shapes as X-AnyLabeling's Save does (LabelFile.save of each Shape's
+to_dict) to <image stem>.json beside the image. Prints the models and the shapes it got as one JSON line.
 
 usage: python xanylabeling_client.py SERVER_URL API_KEY IMAGE WORK_DIR"""
 
@@ -43,7 +44,13 @@ def main(url, token, image_path, work):
     model.set_model_id(next(iter(models)))
     from_file = model.predict_shapes(QImage(image_path), image_path)
     from_canvas = model.predict_shapes(QImage(image_path), None)
-    print(json.dumps({"server_url": model.server_url, "models": models, "messages": messages,
+    image = QImage(image_path)
+    from anylabeling.views.labeling.label_file import LabelFile
+
+    saved = os.path.splitext(image_path)[0] + ".json"
+    LabelFile().save(saved, shapes=[shape.to_dict() for shape in from_file.shapes],
+                     image_path=os.path.basename(image_path), image_height=image.height(), image_width=image.width())
+    print(json.dumps({"saved": saved, "server_url": model.server_url, "models": models, "messages": messages,
                       "replace": from_file.replace, "file": shapes_of(from_file), "canvas": shapes_of(from_canvas)}))
 
 
