@@ -11,6 +11,7 @@ LOGS_DIR = "logs"  # TensorBoard
 BACKUP_DIR = "backup"  # what resuming an interrupted fit needs; removed when the stage finishes
 FIT_DONE = "fit_done"  # marker inside BACKUP_DIR: fit() ended normally, only the final scores are missing
 SKIPPED_FILE = "skipped.txt"  # `file: problem` lines of the annotation files left out (--skip-bad)
+SHAPE_PRIOR_FILE = "shape_prior.json"  # each class's mask shape over the training masks (imaging.shape_prior)
 MODEL_CARD = "model_card.md"  # what the model is, how it was trained and scored, and its limits
 
 # stages inside a run folder

@@ -36,6 +36,7 @@ from keras_unet.train.card import write_model_card
 from keras_unet.train.fit import fit, resume_history
 from keras_unet.train.history import plot_curves, read_history
 from keras_unet.train.pretrain import check_start, list_unlabelled, start_from
+from keras_unet.train.shape import write_shape_prior
 from keras_unet.train.selftrain import pseudo_label, pseudo_labelled
 
 
@@ -238,6 +239,8 @@ def _train_stage(config: Config, out: Path, resuming: bool, start, log, extra_tr
 
     bad: list = []
     train_samples, val_samples = load_samples(config, log, bad)
+    if not config.crops.classes:  # the masks' shapes, for predict.py's quality flags (infer.flags)
+        write_shape_prior(out, train_samples, config.classes)
     train_samples = train_samples + list(extra_train)
     report_skipped(out, bad, log)
     write_json_atomic(out / SPLIT_FILE, {"train": [s.stem for s in train_samples], "val": [s.stem for s in val_samples]})
