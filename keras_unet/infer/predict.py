@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,28 +9,11 @@ import numpy as np
 from keras_unet.config import PostprocessConfig
 from keras_unet.errors import DataError, KerasUnetError
 from keras_unet.imaging.overlay import draw_overlay, save_rgb
-from keras_unet.imaging.postprocess import mask_to_polygons
+from keras_unet.infer.preannotate import POLYGON_EPSILON, POLYGON_MIN_AREA, write_preannotation  # noqa: F401 (serve)
 from keras_unet.infer.predictor import Predictor, select_classes
 from keras_unet.io import images
 from keras_unet.io.files import prepare_out_dir
-from keras_unet.io.labelme import labelme_document, write_labelme
 from keras_unet.progress import Progress
-
-POLYGON_MIN_AREA = 10  # pixels; smaller predicted components are left out of Labelme files
-
-
-POLYGON_EPSILON = 0.5  # pixels; outline simplification for Labelme files
-
-
-def labelme_prediction(masks: np.ndarray, classes, image_path, json_path) -> dict:
-    """A Labelme document whose polygons trace the masks, with imagePath relative to the JSON's folder."""
-    shapes = []
-    for c, name in enumerate(classes):
-        for polygon in mask_to_polygons(masks[..., c], POLYGON_MIN_AREA, POLYGON_EPSILON):
-            shapes.append({"label": name, "points": polygon, "shape_type": "polygon"})
-    relative = os.path.relpath(os.path.abspath(image_path), os.path.dirname(os.path.abspath(json_path)))
-    return labelme_document(shapes, Path(relative).as_posix(), masks.shape[0], masks.shape[1])
-
 
 def predict_image(predictor: Predictor, image_path, out: Path, settings: PostprocessConfig,
                   labelme: bool = False, classes=None) -> np.ndarray:
@@ -49,8 +31,7 @@ def predict_image(predictor: Predictor, image_path, out: Path, settings: Postpro
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     save_rgb(out / "overlays" / f"{stem}.png", draw_overlay(image, masks, classes=classes, title=stem))
     if labelme:
-        json_path = out / f"{stem}.json"
-        write_labelme(json_path, labelme_prediction(masks, classes, image_path, json_path))
+        write_preannotation(out / f"{stem}.json", masks, classes, image_path, image, predictor.config.normalization)
     return masks
 
 

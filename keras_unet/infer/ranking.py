@@ -31,10 +31,9 @@ import numpy as np
 from keras_unet.config import PostprocessConfig
 from keras_unet.errors import ConfigError, DataError, KerasUnetError
 from keras_unet.imaging.metrics import soft_dice
-from keras_unet.infer.predict import labelme_prediction
+from keras_unet.infer.preannotate import write_preannotation
 from keras_unet.io import images
 from keras_unet.io.files import prepare_out_dir, write_bytes_atomic
-from keras_unet.io.labelme import write_labelme
 from keras_unet.progress import Progress
 
 REGION_THRESHOLD = 0.5  # a pixel belongs to a predicted structure when a pass puts it strictly above this
@@ -190,7 +189,8 @@ def write_ranking(ranked, out, predictor, settings: PostprocessConfig | None = N
     """Write out/ranking.csv (most uncertain first) and Labelme pre-annotations (out/<stem>.json) of the top images.
 
     The pre-annotations are the post-processed predicted polygons, as `predict.py --labelme` writes them, with
-    imagePath relative to out/ and pointing at the original image. Existing files of those names are replaced
+    imagePath relative to out/ and pointing at the original image (at an 8-bit copy beside the JSON for 16-bit and
+    DICOM images, infer.preannotate). Existing files of those names are replaced
     (check the folder first with io.files.prepare_out_dir). Returns the paths of the JSON files written.
     """
     settings = predictor.config.postprocess if settings is None else settings
@@ -207,9 +207,10 @@ def write_ranking(ranked, out, predictor, settings: PostprocessConfig | None = N
     write_bytes_atomic(out / RANKING_FILE, ranking_csv(ranked, predictor.classes).encode("utf-8"))
     written = []
     for item in chosen:
-        _, masks = predictor.segment(images.read_image(item.path), settings)
-        json_path = out / f"{item.path.stem}.json"
-        write_labelme(json_path, labelme_prediction(masks, predictor.classes, item.path, json_path))
+        image = images.read_image(item.path)
+        _, masks = predictor.segment(image, settings)
+        json_path = write_preannotation(out / f"{item.path.stem}.json", masks, predictor.classes, item.path, image,
+                                        predictor.config.normalization)
         written.append(json_path)
     return written
 
