@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import cv2
@@ -154,3 +157,20 @@ def labelme7_folder(folder, files: int = 6, height: int = 40, width: int = 48, s
         doc["version"] = LABELME7_VERSION
         write_json(folder / f"{name}.json", doc)
     return folder
+
+
+def _labelme_major(python: str) -> int:
+    try:
+        probe = subprocess.run([python, "-c", "import labelme, PIL; print(labelme.__version__)"],
+                               capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    first = probe.stdout.strip().splitlines()[-1:] if probe.returncode == 0 else []
+    return int(first[0].split(".")[0]) if first and first[0].split(".")[0].isdigit() else 0
+
+
+def find_labelme_python(major: int = 5) -> str | None:
+    """$KERAS_UNET_LABELME_PYTHON, else python3.12 or the CI's /tmp/lm7 venv, if it imports Labelme `major` or later."""
+    named = os.environ.get("KERAS_UNET_LABELME_PYTHON", "").strip()
+    candidates = [named] if named else [shutil.which("python3.12") or "", "/tmp/lm7/bin/python"]
+    return next((c for c in candidates if c and os.path.exists(c) and _labelme_major(c) >= major), None)

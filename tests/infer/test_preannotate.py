@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 
 import cv2
 import numpy as np
@@ -19,7 +20,7 @@ from keras_unet.data.samples import prepare_samples
 from keras_unet.infer.preannotate import POLYGON_EPSILON, labelme_polygons, write_preannotation
 from keras_unet.io import labelme
 from keras_unet.io.images import read_image
-from labelme_factory import dice, write_image
+from labelme_factory import dice, find_labelme_python, write_image
 
 CLASSES = ["left_clavicle", "right_clavicle", "rib"]
 
@@ -144,3 +145,38 @@ def test_jsrt_expert_masks_simplify_to_a_few_dozen_vertices():
           f"(max {max(before)}) before, {np.median(after):.0f} (max {max(after)}) after; round-trip Dice "
           f"min {min(scores):.4f} mean {np.mean(scores):.4f} over {len(scores)} masks")
     assert min(scores) >= 0.98 and np.median(after) <= 40
+
+
+# Labelme 7 opens a pre-annotation, prints its image's mode and size, and saves it back with the image embedded
+LABELME_OPENS = r'''
+import sys
+from labelme import _utils
+from labelme._label_file import read_label_file, write_label_file
+annotation = read_label_file(filename=sys.argv[1])
+picture = _utils.img_data_to_pil(annotation.image_data)
+print(picture.mode, picture.size[0], picture.size[1], len(annotation.shapes))
+write_label_file(filename=sys.argv[1], annotation=annotation, image_height=picture.size[1],
+                 image_width=picture.size[0], save_image_data=True)
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["png16", "dicom"])
+def test_labelme7_opens_the_preannotation_and_its_save_trains_on_the_original(kind, tmp_path):
+    python = find_labelme_python(major=7)
+    if python is None:
+        pytest.skip("no Python with Labelme 7 found (KERAS_UNET_LABELME_PYTHON, python3.12 or /tmp/lm7)")
+    image16, masks = _scene()
+    source = (write_image(tmp_path / "in" / "scan.png", image16) if kind == "png16"
+              else write_dicom(tmp_path / "in" / "scan.dcm", image16))
+    json_path = write_preannotation(tmp_path / "pre" / "scan.json", masks, CLASSES, source, read_image(source),
+                                    NormalizationConfig())
+    (tmp_path / "opens.py").write_text(LABELME_OPENS)
+    run = subprocess.run([python, str(tmp_path / "opens.py"), str(json_path)], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split()[:4] == ["L", "128", "96", "3"]  # an 8-bit grayscale image, the three outlines
+    saved = json.loads(json_path.read_text())
+    assert saved["imageData"] and saved[labelme.SOURCE_KEY]["source_image"] == f"../in/{source.name}"
+    samples = prepare_samples(tmp_path / "pre", CLASSES, cache_dir=tmp_path / "cache", log=None)
+    assert np.array_equal(read_image(samples[0].image_path), read_image(source))

@@ -4,8 +4,6 @@ as masks by `python -m keras_unet.masks`, the rotated box of an oriented_rectang
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 
@@ -16,7 +14,8 @@ from keras_unet.data.rasterize import draw_shape, rasterize
 from keras_unet.io import labelme
 from keras_unet.io.images import read_image
 from keras_unet.masks import main as masks_main
-from labelme_factory import dice, document, gradient, labelme7_folder, labelme7_shape, write_image, write_json
+from labelme_factory import (dice, document, find_labelme_python, gradient, labelme7_folder, labelme7_shape,
+                             write_image, write_json)
 
 # Labelme's own masks for every shape of every file in a folder, one .npz entry "<stem>__<shape index>"
 REFERENCE = r'''
@@ -41,22 +40,6 @@ for path in sorted(Path(sys.argv[1]).glob("*.json")):
             out[f"{path.stem}__{i}"] = shape_to_mask(size, s["points"], shape_type=s["shape_type"])
 np.savez_compressed(sys.argv[2], **out)
 '''
-
-
-def _has_labelme(python: str) -> bool:
-    try:
-        probe = subprocess.run([python, "-c", "import labelme, PIL; print(labelme.__version__)"],
-                               capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return probe.returncode == 0 and probe.stdout.strip()[:1] in "567"
-
-
-def find_labelme_python() -> str | None:
-    """$KERAS_UNET_LABELME_PYTHON, else a python3.12 (or the CI's /tmp/lm7 venv) that imports labelme 5 to 7."""
-    named = os.environ.get("KERAS_UNET_LABELME_PYTHON", "").strip()
-    candidates = [named] if named else [shutil.which("python3.12") or "", "/tmp/lm7/bin/python"]
-    return next((c for c in candidates if c and os.path.exists(c) and _has_labelme(c)), None)
 
 
 @pytest.fixture(scope="module")
