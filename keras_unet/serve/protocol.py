@@ -7,9 +7,9 @@ sniffed, not trusted to the MIME type (X-AnyLabeling labels any file it does not
 pixels are decoded.
 
 Shapes follow X-AnyLabeling's remote-server answer: {"label", "shape_type": "polygon", "points": [[x, y], ...],
-"score", ...}, one polygon per predicted component, traced and simplified as the Labelme pre-annotations are
-(`imaging.postprocess.mask_to_polygons` with `infer.predict`'s settings); `score` is the class's mean probability
-inside the polygon.
+"score", ...}, one polygon per predicted component, in Labelme's coordinates and simplified as the Labelme
+pre-annotations are (`infer.preannotate.labelme_polygons`); `score` is the class's mean probability inside the
+polygon.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import cv2
 import numpy as np
 
 from keras_unet.errors import KerasUnetError
-from keras_unet.imaging.postprocess import mask_to_polygons
-from keras_unet.infer.predict import POLYGON_EPSILON, POLYGON_MIN_AREA
+from keras_unet.infer.preannotate import LABELME_OFFSET, labelme_polygons
 from keras_unet.io import images
 
 IMAGE_SOURCE = "request image"  # how errors name the image a request carried
@@ -107,7 +106,7 @@ def polygon_shapes(probs: np.ndarray, masks: np.ndarray, classes, digits: int = 
     """X-AnyLabeling shapes: one polygon per component of each class's mask, scored by its mean probability."""
     shapes = []
     for c, name in enumerate(classes):
-        for polygon in mask_to_polygons(masks[..., c], POLYGON_MIN_AREA, POLYGON_EPSILON):
+        for polygon in labelme_polygons(masks[..., c]):
             shapes.append({
                 "label": str(name),
                 "shape_type": "polygon",
@@ -122,8 +121,9 @@ def polygon_shapes(probs: np.ndarray, masks: np.ndarray, classes, digits: int = 
 
 
 def polygon_score(prob: np.ndarray, polygon: np.ndarray) -> float:
-    """Mean of a (H, W) probability plane over the pixels a polygon covers (its bounding box only is drawn)."""
-    pts = np.round(np.asarray(polygon, dtype=np.float64)).astype(np.int64)
+    """Mean of a (H, W) probability plane over the pixels a polygon in Labelme's coordinates covers (through the
+    pixel centres, pixel i spanning i .. i + 1; its bounding box only is drawn)."""
+    pts = np.round(np.asarray(polygon, dtype=np.float64) - LABELME_OFFSET).astype(np.int64)
     height, width = prob.shape
     left, top = np.clip(pts.min(axis=0), 0, [width - 1, height - 1])
     right, bottom = np.clip(pts.max(axis=0), 0, [width - 1, height - 1])
