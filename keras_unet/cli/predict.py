@@ -10,6 +10,7 @@ import argparse
 
 from keras_unet.cli.common import add_debug_option, add_inference_options, load_for_inference, run_main
 from keras_unet.infer.predict import predict_folder
+from keras_unet.infer.predictor import select_classes
 from keras_unet.infer.ranking import DEFAULT_TOP, rank_folder
 
 
@@ -27,8 +28,18 @@ def parse_args(argv):
                    "(OUT/<stem>.json) of the --top ones")
     p.add_argument("--top", type=int, help="with --rank: how many images get pre-annotations and are printed "
                    "(default 10)")
+    p.add_argument("--runner", default="local", help="local (default: this process), beam (an Apache Beam pipeline "
+                   "on Beam's DirectRunner) or a Beam runner's name (DataflowRunner, FlinkRunner, ...); with Beam, "
+                   "--input may also be a glob or a .txt list of paths, and unknown flags are Beam pipeline options")
     add_debug_option(p)
-    args = p.parse_args(argv)
+    args, args.pipeline_args = p.parse_known_args(argv)
+    if args.runner != "local" and args.runner != "beam" and not args.runner.endswith("Runner"):
+        p.error(f"--runner must be local, beam or a Beam runner's name (DirectRunner, DataflowRunner, ...), "
+                f"got {args.runner!r}")
+    if args.pipeline_args and args.runner == "local":
+        p.error(f"unrecognized arguments: {' '.join(args.pipeline_args)}")
+    if args.rank and args.runner != "local":
+        p.error("--rank runs locally; with --runner beam, figures.csv holds every image's uncertainty (sort it)")
     if args.top is not None and not args.rank:
         p.error("--top needs --rank")
     if args.top is not None and args.top < 0:
@@ -39,9 +50,19 @@ def parse_args(argv):
 def run(argv) -> int:
     """Segment or rank as the parsed arguments say; 1 when an image was skipped."""
     args = parse_args(argv)
+    if args.runner != "local":
+        from keras_unet.infer.beam import require_beam
 
+        require_beam()  # one line when the extra is missing, before the model loads
     predictor, settings = load_for_inference(args)
-    if args.rank:
+    if args.runner != "local":
+        from keras_unet.infer.beam import predict_beam
+
+        select_classes(predictor, args.classes)  # an unknown class stops before the pipeline starts
+        result = predict_beam(args.model, args.input, args.out, settings, args.pipeline_args,
+                              refine=not args.no_refine, labelme=args.labelme, classes=args.classes,
+                              overwrite=args.overwrite, runner=None if args.runner == "beam" else args.runner)
+    elif args.rank:
         top = DEFAULT_TOP if args.top is None else args.top
         result = rank_folder(predictor, args.input, args.out, settings, top=top, overwrite=args.overwrite)
     else:
