@@ -3,7 +3,7 @@
 
 Bounded in count and time: it stops after --requests requests or --seconds seconds, whichever comes first, and
 exits 1 if any request failed (a non-200 answer or a connection error). With --clients at most
---concurrency + --queue, no request should be refused (503).
+--concurrency + --queue, no request should be refused (503); with more, the refusals are counted by kind (HTTP 503, ...).
 
     python benchmarks/serve.py --clients 4 --concurrency 2 --queue 8 --requests 200 --seconds 120
 """
@@ -11,6 +11,7 @@ exits 1 if any request failed (a non-200 answer or a connection error). With --c
 from __future__ import annotations
 
 import argparse
+import collections
 import base64
 import secrets
 import statistics
@@ -102,8 +103,8 @@ def main(argv=None) -> int:
         warm = load(server.url, token, payload, 1, 2, 60)  # the first calls of each interpreter
         result = load(server.url, token, payload, args.clients, args.requests, args.seconds)
     done, failures = result["latencies"], result["failures"] + warm["failures"]
-    for problem in failures[:5]:
-        report.line(f"failed: {problem}")
+    for problem, count in collections.Counter(p.split(":")[0] for p in failures).most_common():
+        report.line(f"failed: {count} x {problem} (first: {next(p for p in failures if p.startswith(problem))})")
     if done:
         report.line(f"requests {len(done)} ok, {len(failures)} failed, in {result['wall']:.1f} s")
         report.line(f"throughput {len(done) / result['wall']:.2f} requests/s")
