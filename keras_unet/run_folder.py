@@ -13,6 +13,7 @@ FIT_DONE = "fit_done"  # marker inside BACKUP_DIR: fit() ended normally, only th
 SKIPPED_FILE = "skipped.txt"  # `file: problem` lines of the annotation files left out (--skip-bad)
 SHAPE_PRIOR_FILE = "shape_prior.json"  # each class's mask shape over the training masks (imaging.shape_prior)
 MODEL_CARD = "model_card.md"  # what the model is, how it was trained and scored, and its limits
+RUN_LOCK = ".run.lock"  # held (pid, host) while a training writes the folder; a second one refuses
 
 # stages inside a run folder
 REFINE_DIR = "refine"  # the refine stage's run folder

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +11,14 @@ import numpy as np
 from keras_unet.config import PostprocessConfig
 from keras_unet.errors import DataError, KerasUnetError
 from keras_unet.imaging.overlay import draw_overlay, save_rgb
+from keras_unet.infer.batch import DONE, FAILED, Batch
 from keras_unet.infer.preannotate import POLYGON_EPSILON, POLYGON_MIN_AREA, write_preannotation  # noqa: F401 (serve)
 from keras_unet.infer.predictor import Predictor, select_classes
 from keras_unet.io import images
-from keras_unet.io.files import prepare_out_dir
+from keras_unet.io.files import DiskFullError
 from keras_unet.progress import Progress
+from keras_unet.run_folder import SUMMARY_FILE
+
 
 def predict_image(predictor: Predictor, image_path, out: Path, settings: PostprocessConfig,
                   labelme: bool = False, classes=None) -> np.ndarray:
@@ -35,29 +40,56 @@ def predict_image(predictor: Predictor, image_path, out: Path, settings: Postpro
     return masks
 
 
+def image_outputs(out, stem: str, classes, labelme: bool = False) -> list[Path]:
+    """The files predict_image writes for an image of this stem: a mask per class, the overlay, the Labelme file."""
+    out = Path(out)
+    paths = [out / name / f"{stem}.png" for name in classes] + [out / "overlays" / f"{stem}.png"]
+    return paths + ([out / f"{stem}.json"] if labelme else [])
+
+
 def predict_folder(predictor: Predictor, source, out, settings: PostprocessConfig | None = None,
-                   labelme: bool = False, overwrite: bool = False, log=print, progress=True, classes=None) -> dict:
-    """Segment an image file or a folder of them into out/; bad images are reported and skipped."""
+                   labelme: bool = False, overwrite: bool = False, log=print, progress=True, classes=None,
+                   on_image=None) -> dict:
+    """Segment an image file or a folder of them into out/; bad images are reported and skipped.
+
+    on_image(path, masks, classes) is called after each image this run segments.
+    Restartable: run again after a kill, it skips the images an earlier run finished (every output written and
+    noted in the journal) and does the rest; overwrite redoes all. out/summary.json lists each image's outcome."""
     settings = predictor.config.postprocess if settings is None else settings
     classes = select_classes(predictor, classes)  # an unknown class stops before any file is written
     paths = images.list_images(source)
-    out = prepare_out_dir(out, overwrite)
-    bar = Progress(len(paths)) if progress else None
-    say = bar.say if bar else log
-    written, failed, stems = 0, [], {}
-    for path in paths:
-        try:
-            if path.stem in stems:
-                raise DataError(path, f"has the same stem as {stems[path.stem].name}; its outputs would collide")
-            stems[path.stem] = path
-            predict_image(predictor, path, out, settings, labelme, classes)
-            written += 1
-        except KerasUnetError as exc:
-            failed.append(str(path))
-            say(f"skipped: {exc}")
+    record = {"input": os.path.abspath(Path(source).expanduser()), "model": predictor.source, "classes": classes,
+              "labelme": labelme, "postprocess": dataclasses.asdict(settings)}
+    with Batch(out, "predict", record, overwrite) as batch:
+        out = batch.out
+        todo = [p for p in paths if not (batch.finished(p) and all(f.is_file() for f in
+                                                                   image_outputs(out, p.stem, classes, labelme)))]
+        for path in set(paths) - set(todo):
+            batch.record(path, DONE, "by an earlier run")
+        bar = Progress(len(todo)) if progress and todo else None
+        say = bar.say if bar else log
+        stems = {p.stem: p for p in paths if p not in todo}
+        for path in todo:
+            try:
+                if path.stem in stems:
+                    raise DataError(path, f"has the same stem as {stems[path.stem].name}; its outputs would collide")
+                stems[path.stem] = path
+                masks = predict_image(predictor, path, out, settings, labelme, classes)
+                if on_image is not None:
+                    on_image(path, masks, classes)
+                batch.record(path, DONE)
+            except DiskFullError:
+                raise  # no use going on: every later image would fail the same way
+            except KerasUnetError as exc:
+                batch.record(path, FAILED, str(exc))
+                say(f"skipped: {exc}")
+            if bar:
+                bar.step()
         if bar:
-            bar.step()
-    if bar:
-        bar.close()
-    log(f"{written} image(s) segmented into {out}" + (f"; {len(failed)} skipped" if failed else ""))
-    return {"written": written, "failed": failed, "out": str(out)}
+            bar.close()
+        counts, earlier = batch.counts(), len(paths) - len(todo)
+    written = counts[DONE] - earlier
+    failed = [entry["image"] for entry in batch.records.values() if entry["status"] == FAILED]
+    log(f"{written} image(s) segmented into {out}" + (f"; {earlier} done by an earlier run" if earlier else "")
+        + (f"; {len(failed)} skipped" if failed else "") + f" (list: {out / SUMMARY_FILE})")
+    return {"written": written, "earlier": earlier, "failed": failed, "out": str(out)}

@@ -22,7 +22,9 @@ Thresholds and clean-up settings do not change the score; they shape only the pr
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,10 +33,12 @@ import numpy as np
 from keras_unet.config import PostprocessConfig
 from keras_unet.errors import ConfigError, DataError, KerasUnetError
 from keras_unet.imaging.metrics import soft_dice
+from keras_unet.infer.batch import DONE, FAILED, SKIPPED, Batch
 from keras_unet.infer.preannotate import write_preannotation
 from keras_unet.io import images
-from keras_unet.io.files import prepare_out_dir, write_bytes_atomic
+from keras_unet.io.files import write_bytes_atomic
 from keras_unet.progress import Progress
+from keras_unet.run_folder import SUMMARY_FILE
 
 REGION_THRESHOLD = 0.5  # a pixel belongs to a predicted structure when a pass puts it strictly above this
 DILATE_RADIUS = 2  # pixels at the network's input resolution: the region also takes in the outline's margin
@@ -132,14 +136,18 @@ def score_image(predictor, image: np.ndarray, tta: bool | None = None, expected=
 
 
 def rank_images(predictor, image_paths, tta: bool | None = None, expected=None, on_error=None,
-                step=None) -> list[RankedImage]:
-    """Score image files, most uncertain first; a bad image raises, or goes to on_error(path, exc) when given."""
+                step=None, on_score=None) -> list[RankedImage]:
+    """Score image files, most uncertain first; a bad image raises, or goes to on_error(path, exc) when given.
+
+    on_score(RankedImage) is called as each image is scored (a restartable caller notes it)."""
     ranked = []
     for path in image_paths:
         path = Path(path)
         try:
             scores = score_image(predictor, images.read_image(path), tta, expected)
             ranked.append(RankedImage(path, image_score(scores), scores))
+            if on_score is not None:
+                on_score(ranked[-1])
         except KerasUnetError as exc:
             if on_error is None:
                 raise
@@ -217,37 +225,69 @@ def write_ranking(ranked, out, predictor, settings: PostprocessConfig | None = N
 
 def rank_folder(predictor, source, out, settings: PostprocessConfig | None = None, top: int = DEFAULT_TOP,
                 overwrite: bool = False, log=print, progress: bool = True) -> dict:
-    """Rank an image folder's unannotated images, write ranking.csv and the top images' pre-annotations, print them."""
+    """Rank an image folder's unannotated images, write ranking.csv and the top images' pre-annotations, print them.
+
+    Restartable: run again after a kill, it keeps the scores an earlier run noted and scores the rest (the top
+    pre-annotations are written again); overwrite redoes all. out/summary.json lists each image's outcome."""
     if top < 0:
         raise ConfigError(f"--top must be 0 or more, got {top}")
     settings = predictor.config.postprocess if settings is None else settings
     todo, annotated = split_annotated(images.list_images(source))
-    out = prepare_out_dir(out, overwrite)
-    failed, stems, unique = [], {}, []
-    for path in todo:
-        if path.stem in stems:
-            failed.append(str(path))
-            log(f"skipped: {path}: has the same stem as {stems[path.stem].name}; its outputs would collide")
-        else:
+    record = {"input": os.path.abspath(Path(source).expanduser()), "model": predictor.source,
+              "postprocess": dataclasses.asdict(settings)}
+    with Batch(out, "predict --rank", record, overwrite) as batch:
+        out = batch.out
+        for path in annotated:
+            batch.record(path, SKIPPED, "already annotated (a Labelme JSON beside it)")
+        stems, unique, ranked = {}, [], []
+        for path in todo:
+            if path.stem in stems:
+                reason = f"{path}: has the same stem as {stems[path.stem].name}; its outputs would collide"
+                batch.record(path, FAILED, reason)
+                log(f"skipped: {reason}")
+                continue
             stems[path.stem] = path
-            unique.append(path)
-    bar = Progress(len(unique)) if progress and unique else None
-    say = bar.say if bar else log
+            earlier = _earlier_score(batch.finished(path), predictor.classes)
+            if earlier is None:
+                unique.append(path)
+            else:
+                ranked.append(RankedImage(path, *earlier))
+                batch.record(path, DONE, "scored by an earlier run", score=earlier[0], classes=earlier[1])
+        bar = Progress(len(unique)) if progress and unique else None
+        say = bar.say if bar else log
 
-    def skip(path, exc):
-        failed.append(str(path))
-        say(f"skipped: {exc}")
+        def skip(path, exc):
+            batch.record(path, FAILED, str(exc))
+            say(f"skipped: {exc}")
 
-    ranked = rank_images(predictor, unique, tta=settings.tta, on_error=skip, step=bar.step if bar else None)
-    if bar:
-        bar.close()
-    written = write_ranking(ranked, out, predictor, settings, top)
-    log(f"{len(ranked)} image(s) ranked; {len(annotated)} already annotated (a Labelme JSON beside them), skipped"
+        def note(item):
+            batch.record(item.path, DONE, score=item.score, classes=item.classes)
+
+        ranked += rank_images(predictor, unique, tta=settings.tta, on_error=skip, step=bar.step if bar else None,
+                              on_score=note)
+        if bar:
+            bar.close()
+        written = write_ranking(ranked, out, predictor, settings, top)
+    ranked = sort_ranked(ranked)
+    failed = [entry["image"] for entry in batch.records.values() if entry["status"] == FAILED]
+    earlier = sum(1 for entry in batch.records.values() if entry.get("reason") == "scored by an earlier run")
+    log(f"{len(ranked)} image(s) ranked" + (f" ({earlier} scored by an earlier run)" if earlier else "")
+        + f"; {len(annotated)} already annotated (a Labelme JSON beside them), skipped"
         + (f"; {len(failed)} skipped as reported above" if failed else "")
-        + f"; wrote {out / RANKING_FILE} and {len(written)} pre-annotation(s)")
+        + f"; wrote {out / RANKING_FILE} and {len(written)} pre-annotation(s) (list: {out / SUMMARY_FILE})")
     if written:
         log("annotate these next (most uncertain first; score 0 = sure, 1 = unsure):")
         for line in format_top(ranked, top):
             log(line)
     return {"ranked": ranked, "annotated": [str(p) for p in annotated], "failed": failed,
             "written": [str(p) for p in written], "out": str(out)}
+
+
+def _earlier_score(entry, classes) -> tuple[float, dict] | None:
+    """(score, class scores) of an earlier run's record when it is complete for these classes, else None."""
+    if not entry or not isinstance(entry.get("classes"), dict) or set(entry["classes"]) != set(classes):
+        return None
+    try:
+        return float(entry["score"]), {name: float(entry["classes"][name]) for name in classes}
+    except (KeyError, TypeError, ValueError):
+        return None

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -105,6 +106,22 @@ def free_bytes(folder) -> int | None:
 
 def _temporary_name(path: Path, suffix: str = ".tmp") -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}")
+
+
+_TEMPORARY = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")  # _temporary_name's pattern (the default suffix)
+
+
+def remove_temporaries(folder) -> int:
+    """Delete the temporary files atomic writes left under folder when their process was killed; returns how many.
+
+    Only for a folder this process holds the lock of: another live writer's temporary files look the same."""
+    removed = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if _TEMPORARY.match(name):
+                Path(root, name).unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def _size(path: Path) -> int:

@@ -65,12 +65,10 @@ def test_refuses_to_overwrite_and_takes_a_single_file(tiny_run, inputs, tmp_path
     assert [p.name for p in (out / "rib").iterdir()] == ["scene_1.png"]
     first = {name: (out / name / "scene_1.png").read_bytes() for name in CLASSES}
     capsys.readouterr()
-    assert _run(*args) == 2
-    err = capsys.readouterr().err
-    assert err == (f"error: {out}: output folder already exists and holds files (left_clavicle, overlays, rib, ...); "
-                   "use another --out, or --overwrite to replace them\n")
+    assert _run(*args) == 0  # the same command again continues the first: nothing left to do
+    assert "0 image(s) segmented into" in capsys.readouterr().out
     for name in CLASSES:
-        (out / name / "scene_1.png").write_bytes(b"stale")  # refused above, so still the first run's: make it stale
+        (out / name / "scene_1.png").write_bytes(b"stale")  # kept above, so still the first run's: make it stale
     assert _run(*args, "--overwrite") == 0
     for name in CLASSES:  # --overwrite really wrote the masks again, and the same ones
         assert (out / name / "scene_1.png").read_bytes() == first[name]

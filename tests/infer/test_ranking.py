@@ -274,7 +274,8 @@ def test_rank_folder_skips_annotated_duplicate_and_bad_images(tmp_path, capsys):
     assert sum(line.startswith("skipped:") for line in (captured.out + captured.err).splitlines()) == 2
     top_lines = [line for line in captured.out.splitlines() if line.startswith(("   1 ", "   2 "))]
     assert len(top_lines) == 2 and "a.jpg" in top_lines[0] and "b.png" in top_lines[1]
-    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.json", "ranking.csv"]
+    assert sorted(p.name for p in out.iterdir() if p.name != ".progress.jsonl") == [
+        "a.json", "b.json", "ranking.csv", "summary.csv"]
 
 
 def test_rank_folder_with_everything_annotated_writes_an_empty_ranking(tmp_path, capsys):
@@ -332,9 +333,8 @@ def test_predict_rank_keeps_the_output_folder_safe_and_checks_options(tiny_run, 
     assert any(one_pass_differs)  # the mirrored pass went into the scores
     assert len(list(out.glob("*.json"))) == 4  # fewer images than the default top 10
     capsys.readouterr()
-    assert _run(*args) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "already exists" in err
+    assert _run(*args) == 0  # the same command again: every score kept from the first run
+    assert f"image(s) ranked ({len(rows)} scored by an earlier run)" in capsys.readouterr().out
     assert _run(*args, "--overwrite", "--top", "0") == 0
     with pytest.raises(SystemExit):
         _run("--model", tiny_run, "--input", scenes, "--out", tmp_path / "o2", "--top", "3")
