@@ -23,6 +23,8 @@ from pathlib import Path
 
 from common import Report, bench_config, cores, limit_threads, phantom_samples
 
+from keras_unet.io.files import write_json_atomic
+
 GIB = 1024 ** 3
 BUDGET = 6 * GIB
 VARIANTS = {  # name: (config overrides, environment)
@@ -57,7 +59,7 @@ def start_variant(folder: Path, name: str, variant: tuple, args, threads: int):
                           val_fraction=args.val_images / (args.train_images + args.val_images),
                           out=str(folder / f"run_{name}"), **overrides)
     config_path = folder / f"config_{name}.json"
-    config.save(config_path)
+    write_json_atomic(config_path, config.to_dict())
     env = dict(os.environ, BENCH_THREADS=str(threads), **environment)
     return subprocess.Popen([sys.executable, __file__, "--child", str(config_path)], stdout=subprocess.PIPE,
                             env=env, text=True)

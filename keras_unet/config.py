@@ -150,7 +150,9 @@ class Config:
     checkpoint: str = "best"  # the model kept: "best" validation Dice, or "last" epoch (validation then only watched)
     cache_dir: str = ""  # empty: ~/.cache/keras_unet (or $KERAS_UNET_CACHE)
     skip_bad: bool = False  # leave out unusable annotation files (listed in skipped.txt) instead of stopping
-    jit_compile: object = "auto"  # XLA for the training step: "auto" (Keras: on with a GPU, off on CPU), true, false
+    # XLA for the training step: true, false, or "auto": on with a GPU; on a CPU only when the planned steps win back
+    # the compilation (keras_unet.train.speed); training records the value and why in jit_compile_resolved
+    jit_compile: object = "auto"
     init_weights: str = ""  # start from this model.keras, run folder or pretraining weights file (matching layers)
     pretrain_data: str = ""  # folder of unlabelled images: inpainting pretraining before training (pretrain section)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -161,6 +163,9 @@ class Config:
     refine: RefineConfig = field(default_factory=RefineConfig)
     crops: CropConfig = field(default_factory=CropConfig)
     self_train: SelfTrainConfig = field(default_factory=SelfTrainConfig)
+    # written by training, never read back as a setting: {"value": ..., "reason": ...} of "auto" resolved
+    jit_compile_resolved: dict = field(default_factory=dict)
+    precision_resolved: dict = field(default_factory=dict)
     version: str = __version__
 
     def validate(self) -> "Config":
@@ -176,6 +181,8 @@ class Config:
             (isinstance(self.jit_compile, bool) or self.jit_compile == "auto",
              f"jit_compile must be auto, true or false, got {self.jit_compile!r}"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
+            *[(isinstance(value, dict), f"{name} must be a mapping, got {value!r}") for name, value in
+              (("jit_compile_resolved", self.jit_compile_resolved), ("precision_resolved", self.precision_resolved))],
             (self.checkpoint in ("best", "last"), f"checkpoint must be best or last, got {self.checkpoint!r}"),
             (0.0 < self.val_fraction < 1.0, f"val_fraction must be between 0 and 1, got {self.val_fraction}"),
             (self.model.depth >= 1, f"model.depth must be at least 1, got {self.model.depth}"),

@@ -81,6 +81,32 @@ class StopOnNaN(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class EpochClock(keras.callbacks.Callback):
+    """Seconds of every epoch: the whole epoch (`epochs`) and its training part, until validation starts (`train`).
+
+    No per-batch hook, so Keras may still dispatch the batch callbacks asynchronously."""
+
+    def __init__(self, clock=time.perf_counter):
+        super().__init__()
+        self.epochs, self.train = [], []
+        self._clock, self._start, self._trained = clock, None, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start, self._trained = self._clock(), None
+
+    def on_test_begin(self, logs=None):
+        if self._start is not None and self._trained is None:
+            self._trained = self._clock()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._start is None:
+            return
+        now = self._clock()
+        self.epochs.append(now - self._start)
+        self.train.append((self._trained or now) - self._start)
+        self._start = None
+
+
 # what an epoch line shows after the loss: the first of these the epoch logged (log key, label, digits, higher is
 # better)
 EPOCH_SCORES = (("val_dice", "val Dice", 3, True), ("blanked_mae", "blanked_mae", 4, False))

@@ -31,13 +31,15 @@ from keras_unet.model.saving import load_model
 from keras_unet.model.unet import model_from_config
 from keras_unet.run_folder import (BACKUP_DIR, CONFIG_FILE, CURVES_FILE, FIT_DONE, HISTORY_FILE, LOGS_DIR,
                                    METRICS_FILE, MODEL_FILE, PSEUDO_DIR, REFINE_DIR, SKIPPED_FILE, SPLIT_FILE)
-from keras_unet.train.callbacks import BestCheckpoint
+from keras_unet.train.callbacks import BestCheckpoint, EpochClock
 from keras_unet.train.card import write_model_card
 from keras_unet.train.fit import fit, resume_history
 from keras_unet.train.history import plot_curves, read_history
 from keras_unet.train.pretrain import check_start, list_unlabelled, start_from
 from keras_unet.train.shape import write_shape_prior
 from keras_unet.train.selftrain import pseudo_label, pseudo_labelled
+from keras_unet.train.speed import (cpu_flags, fit_figures, precision_choice, read_cpuinfo, record_fit,
+                                    resolve_jit_compile)
 
 
 def gpu_count() -> int:
@@ -46,10 +48,13 @@ def gpu_count() -> int:
 
 
 def resolve_precision(precision: str) -> str:
-    """Concrete dtype policy: 'auto' is mixed_float16 with a GPU, float32 without."""
-    if precision == "auto":
-        return "mixed_float16" if gpu_count() else "float32"
-    return precision
+    """Concrete dtype policy: 'auto' is mixed_float16 with a GPU, float32 without (speed.precision_choice)."""
+    return precision_decision(precision).value
+
+
+def precision_decision(precision: str):
+    """The dtype policy for `precision` on this machine and why (a speed.Choice)."""
+    return precision_choice(precision, gpu_count(), cpu_flags(read_cpuinfo()))
 
 
 def select_strategy() -> tf.distribute.Strategy:
@@ -85,7 +90,7 @@ def _same_run(saved: Path, config: Config) -> bool:
         old = json.loads(saved.read_text())
     except (OSError, ValueError):
         return False
-    ignore = {"version", "skip_bad"}
+    ignore = {"version", "skip_bad", "jit_compile_resolved", "precision_resolved"}  # the last two: records
     new = config.to_dict()
     return {k: v for k, v in old.items() if k not in ignore} == {k: v for k, v in new.items() if k not in ignore}
 
@@ -114,15 +119,20 @@ def xla_memory_scheduler() -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --{XLA_SCHEDULER_FLAG}=false".strip()
 
 
-def compile_model(config: Config, steps_per_epoch: int, model: keras.Model | None = None) -> keras.Model:
-    """The U-Net (built from the config unless given) with its loss, a cosine-decayed Adam and the Dice/IoU metrics."""
-    if config.jit_compile is True:
+def compile_model(config: Config, steps_per_epoch: int, model: keras.Model | None = None,
+                  jit_compile: bool | None = None) -> keras.Model:
+    """The U-Net (built from the config unless given) with its loss, a cosine-decayed Adam and the Dice/IoU metrics.
+
+    jit_compile: XLA on or off; None: the config's, "auto" decided by speed.resolve_jit_compile."""
+    if jit_compile is None:
+        jit_compile = resolve_jit_compile(config, steps_per_epoch).value
+    if jit_compile is True:
         xla_memory_scheduler()
     model = model_from_config(config) if model is None else model
     schedule = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=max(1, config.epochs * steps_per_epoch), alpha=0.05)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=get_loss(config.loss),
-                  metrics=segmentation_metrics(config.outputs()), jit_compile=config.jit_compile)
+                  metrics=segmentation_metrics(config.outputs()), jit_compile=jit_compile)
     return model
 
 
@@ -153,16 +163,19 @@ def set_prior_bias(model, fractions, floor: float = 1e-4) -> None:
     layer.bias.assign(np.log(share / (1.0 - share)).astype(layer.bias.dtype))
 
 
-def _fit(model, train_ds, val_ds, config: Config, out: Path, best: float, append: bool) -> None:
-    """fit() with the run's callbacks: the model kept, TensorBoard logs and early stopping."""
+def _fit(model, train_ds, val_ds, config: Config, out: Path, best: float, append: bool, steps: int = 0) -> None:
+    """fit() with the run's callbacks: the model kept, TensorBoard logs and early stopping; the epochs' seconds
+    go to the speed cache (what jit_compile "auto" decides from next time)."""
+    clock = EpochClock()
     callbacks = [BestCheckpoint(out / MODEL_FILE, best=best, keep=config.checkpoint),
-                 keras.callbacks.TensorBoard(str(out / LOGS_DIR), write_graph=False, profile_batch=0)]
+                 keras.callbacks.TensorBoard(str(out / LOGS_DIR), write_graph=False, profile_batch=0), clock]
     if config.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_dice", mode="max", patience=config.early_stopping, verbose=1))
     fit(model, train_ds, config.epochs, out, out / HISTORY_FILE, append, val_ds=val_ds, callbacks=callbacks,
         advice=f"the learning rate ({config.learning_rate}) is likely too high, or the data holds broken "
                "images/masks. The last good model is kept.")
+    record_fit(config, bool(getattr(model, "jit_compile", False)), fit_figures(clock.epochs, clock.train, steps))
 
 
 def train(config: Config, overwrite: bool = False, log=print) -> dict:
@@ -170,11 +183,12 @@ def train(config: Config, overwrite: bool = False, log=print) -> dict:
 
     The caller's config is left as it is: the run works on a copy with the classes and precision resolved."""
     config = config_from_dict(config.to_dict())
+    precision = precision_decision(config.precision)
     if config.data == DEFAULT_DATA_DIR and not Path(config.data).is_dir():  # an installed package: no checkout here
         config.data = str(bundled_sample(config.cache_dir or None))
         log(f"the bundled sample ({DEFAULT_DATA_DIR} of the source tree) is generated here: {config.data}")
     config = dataclasses.replace(config, classes=resolve_classes(config.classes, Path(config.data)),
-                                 precision=resolve_precision(config.precision)).validate()
+                                 precision=precision.value, precision_resolved=precision.as_dict()).validate()
     start = check_start(config)  # --init-weights and --pretrain problems surface before the run directory is made
     train_samples, _ = load_samples(config, log=None, bad=[], require_pixels=True)  # and classes without a pixel
     config = resolve_postprocess(config, log, train_samples)  # per-class keep_largest and fill_holes from them
@@ -191,6 +205,12 @@ def train(config: Config, overwrite: bool = False, log=print) -> dict:
         result["refine"] = refined
         write_json_atomic(out / METRICS_FILE, result)
     return result
+
+
+def _record(path: Path, **fields) -> None:
+    """Set fields of a saved config.json (what a stage resolved), leaving its other settings as they are."""
+    if path.exists():
+        write_json_atomic(path, {**json.loads(path.read_text()), **fields})
 
 
 def _finished(out: Path, stage: str, log) -> dict | None:
@@ -233,7 +253,7 @@ def _train_stage(config: Config, out: Path, resuming: bool, start, log, extra_tr
     if save_config:
         write_json_atomic(out / CONFIG_FILE, config.to_dict())
     log(f"{'resuming' if resuming else 'run'}: {out}  classes: {', '.join(config.classes)}  "
-        f"precision: {config.precision}")
+        f"precision: {config.precision} ({config.precision_resolved.get('reason', 'set in the config')})")
     if config.augment.enabled and config.augment.flip and flip_for(config) is None:
         log("note: horizontal flip is off: a left_*/right_* class has no partner in the class list")
 
@@ -259,8 +279,12 @@ def _train_stage(config: Config, out: Path, resuming: bool, start, log, extra_tr
     try:
         strategy = select_strategy()
         steps = math.ceil(train_count / config.batch_size)
+        jit = resolve_jit_compile(config, steps)
+        config = dataclasses.replace(config, jit_compile_resolved=jit.as_dict())
+        _record(out / CONFIG_FILE, jit_compile_resolved=config.jit_compile_resolved)
+        log(f"XLA (jit_compile {config.jit_compile}): {'on' if jit.value else 'off'}, {jit.reason}")
         with strategy.scope():
-            model = compile_model(config, steps)
+            model = compile_model(config, steps, jit_compile=jit.value)
         if config.init_weights or config.pretrain_data:
             start_from(model, config, start, out, strategy, log)  # pretraining (when asked), then matching layers
         if config.model.prior_bias:
@@ -279,7 +303,7 @@ def _train_stage(config: Config, out: Path, resuming: bool, start, log, extra_tr
             best = -math.inf
         start = time.time()
         if not fit_done:
-            _fit(model, train_ds, val_ds, config, out, best, resuming and history_path.exists())
+            _fit(model, train_ds, val_ds, config, out, best, resuming and history_path.exists(), steps)
             (backup / FIT_DONE).parent.mkdir(exist_ok=True)
             (backup / FIT_DONE).write_text("fit() ended normally\n")
         elapsed = time.time() - start
