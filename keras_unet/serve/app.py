@@ -6,8 +6,8 @@ Endpoints
 - `GET /v1/models`: {"success": true, "data": {model_id: {"display_name", "classes", "widgets", "params"}}}.
 - `POST /v1/predict`: {"model": id, "image": "data:image/png;base64,...", "params": {...}} ->
   {"success": true, "data": {"shapes": [{"label", "shape_type", "points", "score", ...}], "replace": true}}.
-- `POST /v1/segment`: the same JSON (model optional), or the image file itself as the body (any non-JSON
-  Content-Type) -> data with the shapes plus "masks" {class: data URI of a 0/255 PNG}, "pixels", "height", "width".
+- `POST /v1/segment`: the same JSON (model optional), or the image file itself as the body (a non-JSON
+  Content-Type, or none and a body that does not start with '{') -> data with the shapes plus "masks" {class: data URI of a 0/255 PNG}, "pixels", "height", "width".
 
 Refusals carry {"success": false, "error": {"code", "message"}}: 401 without the token (header `Token`) when one is
 set, 413 for a body over max_bytes (Content-Length checked before reading, and the bytes counted while reading) or
@@ -77,7 +77,7 @@ async def _answer(request, service: ModelService, masks: bool) -> JSONResponse:
     """Admit the request, read and parse its body within the limits, segment on a worker thread."""
     with service.admission.enter():
         body = await read_body(request, service.limits.max_bytes)
-        if masks and not _is_json(request):
+        if masks and not _is_json(request, body):
             data, params, model = body, {}, None
         else:
             document = _json(body)
@@ -119,9 +119,12 @@ async def read_body(request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _is_json(request) -> bool:
+def _is_json(request, body: bytes) -> bool:
+    """Whether a body is JSON: its Content-Type says so, or it has none and the body starts with '{'."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    return kind in ("", "application/json") or kind.endswith("+json")
+    if not kind:
+        return body.lstrip()[:1] == b"{"
+    return kind == "application/json" or kind.endswith("+json")
 
 
 def _json(body: bytes) -> dict:

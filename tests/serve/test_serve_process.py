@@ -95,3 +95,20 @@ def test_x_anylabelings_own_client_gets_the_shapes_and_its_saved_file_reads_back
     drawn, _ = rasterize(saved, predictor().classes)
     for c, name in enumerate(predictor().classes):
         assert dice(drawn[..., c], masks[..., c]) >= 0.98, name
+
+
+def test_a_keras_run_folder_serves_the_masks_it_gave_in_0_1_0():
+    """Any artefact: the v0.1 run folder (model.keras, TensorFlow in the server process only), its /v1/segment
+    masks equal to the ones 0.1.0 gave for the same image (tests/fixtures/v0_1/expected_masks.npz)."""
+    import numpy as np
+
+    from keras_unet.serve.protocol import decode_mask_png
+    from keras_unet.serve.server import ServerProcess
+
+    reference = np.load(MODEL.parents[1] / "expected_masks.npz")["keras__phantom_000"]
+    with ServerProcess(["--model", MODEL.parents[1] / "run", "--port", "0"], timeout=300) as running:
+        answer = httpx.post(f"{running.url}/v1/segment", content=IMAGE.read_bytes(), timeout=120)
+    assert answer.status_code == 200, answer.text
+    data = answer.json()["data"]
+    got = np.stack([decode_mask_png(data["masks"][name]) for name in data["classes"]], axis=-1)
+    assert data["classes"] == ["left_clavicle", "right_clavicle", "rib"] and np.array_equal(got, reference)
