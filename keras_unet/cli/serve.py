@@ -88,5 +88,5 @@ def run(argv, log=print) -> int:
 
 
 def main(argv=None) -> int:
-    """The command line: exit code 0 when stopped, 2 for an error (one line on stderr)."""
+    """The command line: exit code 130 when stopped by Ctrl+C, 2 for an error (one line on stderr)."""
     return run_main(run, argv)

@@ -24,6 +24,7 @@ import time
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from keras_unet import __version__
 from keras_unet.errors import first_line
@@ -77,14 +78,10 @@ async def _answer(request, service: ModelService, masks: bool) -> JSONResponse:
     """Admit the request, read and parse its body within the limits, segment on a worker thread."""
     with service.admission.enter():
         body = await read_body(request, service.limits.max_bytes)
-        if masks and not _is_json(request, body):
-            data, params, model = body, {}, None
-        else:
-            document = _json(body)
-            data, params, model = protocol.image_bytes(document.get("image")), document.get("params"), \
-                document.get("model")
-            if model is None and not masks:
-                raise protocol.bad_request("\"model\" is missing; GET /v1/models lists the model ids")
+        raw = masks and not _is_json(request, body)
+        data, params, model = (body, {}, None) if raw else await run_in_threadpool(_parse, body)
+        if model is None and not masks:
+            raise protocol.bad_request("\"model\" is missing; GET /v1/models lists the model ids")
         if model is not None and model != service.model_id:
             raise protocol.RequestError(404, "MODEL_NOT_FOUND", f"model {model!r} not served here; this server "
                                                                 f"serves {service.model_id!r}")
@@ -125,6 +122,12 @@ def _is_json(request, body: bytes) -> bool:
     if not kind:
         return body.lstrip()[:1] == b"{"
     return kind == "application/json" or kind.endswith("+json")
+
+
+def _parse(body: bytes) -> tuple[bytes, object, object]:
+    """(image bytes, params, model) of a JSON body (parsed off the event loop: a large body takes a while)."""
+    document = _json(body)
+    return protocol.image_bytes(document.get("image")), document.get("params"), document.get("model")
 
 
 def _json(body: bytes) -> dict:
