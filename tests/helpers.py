@@ -154,3 +154,12 @@ class FakeTerminal(io.StringIO):
 
     def isatty(self):
         return True
+
+
+def identity_predictor():
+    """A numpy-only Predictor (no TensorFlow): every class's probability is the pixel value / 255."""
+    from keras_unet.infer.predictor import Predictor
+
+    config = tiny_config()
+    config.normalization.method = "none"
+    return Predictor(lambda batch: np.repeat(batch, len(CLASSES), axis=-1), config, "identity")

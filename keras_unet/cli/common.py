@@ -13,7 +13,8 @@ import sys
 import tempfile
 import warnings
 
-from keras_unet.errors import KerasUnetError
+from keras_unet.errors import KerasUnetError, first_line
+from keras_unet.io.files import DiskFullError, is_disk_full
 from keras_unet.infer.load import load_predictor
 from keras_unet.infer.predictor import postprocess_settings
 
@@ -42,6 +43,11 @@ def run_main(main, argv=None) -> int:
             if debug:
                 raise
             print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except Exception as exc:  # a full disk met by a writer of a library (TensorBoard, h5py, a CSV logger)
+            if debug or not is_disk_full(exc):
+                raise
+            print(f"error: {disk_full_message(exc)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
@@ -78,6 +84,16 @@ def quiet_tensorflow():
             os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
         elif level == "2":
             os.environ["TF_CPP_MIN_LOG_LEVEL"] = level
+
+
+def disk_full_message(exc) -> str:
+    """The one line for a 'no space left on device' raised outside the toolkit's own atomic writes."""
+    error = exc
+    while error is not None and not (isinstance(error, OSError) and error.filename):
+        error = error.__cause__ or error.__context__
+    if error is not None:
+        return str(DiskFullError(error.filename))
+    return f"no space left on the disk ({first_line(exc)}); free some space and run the same command again"
 
 
 class _QuietImport(importlib.abc.MetaPathFinder):

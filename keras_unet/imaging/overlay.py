@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import colorsys
 import math
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from keras_unet.io.files import write_bytes_atomic
 
 # Okabe & Ito (2008), black left out: distinguishable with the common colour-vision deficiencies.
 OKABE_ITO = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
@@ -260,10 +261,4 @@ def save_rgb(path, rgb) -> None:
     ok, data = cv2.imencode(".png", a if a.ndim == 2 else cv2.cvtColor(a, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data.tobytes())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_bytes_atomic(path, data.tobytes())

@@ -10,8 +10,9 @@ import os
 from contextlib import ExitStack
 from pathlib import Path
 
-from keras_unet.errors import ConfigError, KerasUnetError
-from keras_unet.io.files import check_out_dir, hold_lock, remove_temporaries, write_bytes_atomic
+from keras_unet.errors import ConfigError, DataError, KerasUnetError
+from keras_unet.io.files import (DiskFullError, check_out_dir, hold_lock, is_disk_full, remove_temporaries,
+                                 write_bytes_atomic)
 from keras_unet.run_folder import OUT_LOCK, PROGRESS_FILE, SUMMARY_FILE
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
@@ -72,7 +73,13 @@ class Batch:
             self._append({"command": self.command, "settings": self.settings})
 
     def _append(self, value: dict) -> None:
-        os.write(self._journal, (json.dumps(value) + "\n").encode("utf-8"))  # one write: a kill tears one line at most
+        line = (json.dumps(value) + "\n").encode("utf-8")
+        try:
+            os.write(self._journal, line)  # one write: a kill tears one line at most
+        except OSError as error:
+            if is_disk_full(error):
+                raise DiskFullError(self.out / PROGRESS_FILE, len(line)) from None
+            raise DataError(self.out / PROGRESS_FILE, f"cannot write the file ({error.strerror or error})") from None
 
     def finished(self, image) -> dict | None:
         """An earlier run's record of image when it was done (else None: the image is to be worked on)."""

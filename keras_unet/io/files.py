@@ -305,7 +305,8 @@ def replace_folder(tmp: Path, out: Path) -> None:
 
 
 def build_folder(out, fill, check=None) -> None:
-    """fill(a temporary folder beside out), check(), then rename it to out; on any failure nothing is left behind."""
+    """fill(a temporary folder beside out), check(), then rename it to out; on any failure nothing is left behind
+    and an earlier out is kept as it was (a full disk raises DiskFullError)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -314,8 +315,11 @@ def build_folder(out, fill, check=None) -> None:
         if check is not None:
             check()
         replace_folder(tmp, out)
-    except BaseException:
+    except BaseException as error:
+        written = _size(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(error):  # named after out, not the temporary folder the write was in
+            raise DiskFullError(out, max(written, _size(out)), at_least=True) from None
         raise
 
 

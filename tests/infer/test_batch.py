@@ -10,22 +10,14 @@ import time
 import numpy as np
 import pytest
 
-from helpers import CLASSES, tiny_config
+from helpers import CLASSES, identity_predictor
 from keras_unet.errors import ConfigError
 from keras_unet.infer import predict, ranking
-from keras_unet.infer.predictor import Predictor
 from keras_unet.io.files import LockedError
 from keras_unet.run_folder import OUT_LOCK, PROGRESS_FILE, SUMMARY_FILE
 from labelme_factory import write_image
 
 COUNT = 6
-
-
-def _predictor() -> Predictor:
-    """Numpy only: every class's probability is the pixel value / 255."""
-    config = tiny_config()
-    config.normalization.method = "none"
-    return Predictor(lambda batch: np.repeat(batch, len(CLASSES), axis=-1), config, "identity")
 
 
 @pytest.fixture()
@@ -57,7 +49,7 @@ def _counting(monkeypatch, module, name, stop_at=None):
 
 
 def test_stopped_mid_image_then_rerun_does_only_the_rest(folder, tmp_path, monkeypatch):
-    out, predictor = tmp_path / "out", _predictor()
+    out, predictor = tmp_path / "out", identity_predictor()
     # the 4th image's masks are written, its overlay is not: stopped mid-image
     _counting(monkeypatch, predict, "save_rgb", stop_at=4)
     with pytest.raises(KeyboardInterrupt):
@@ -91,7 +83,7 @@ def test_bad_and_non_regular_images_are_listed_with_their_reasons(folder, tmp_pa
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     os.mkfifo(folder / "pipe.png")
     start = time.monotonic()
-    result = predict.predict_folder(_predictor(), folder, tmp_path / "out", progress=False, log=lambda _: None)
+    result = predict.predict_folder(identity_predictor(), folder, tmp_path / "out", progress=False, log=lambda _: None)
     assert time.monotonic() - start < 10  # the FIFO was never opened for reading (that would block for ever)
     summary = _summary(tmp_path / "out")
     assert summary["pipe.png"]["status"] == "failed"
@@ -102,15 +94,15 @@ def test_bad_and_non_regular_images_are_listed_with_their_reasons(folder, tmp_pa
 
 def test_other_settings_or_a_foreign_folder_are_refused(folder, tmp_path):
     out = tmp_path / "out"
-    predict.predict_folder(_predictor(), folder, out, progress=False, log=lambda _: None)
+    predict.predict_folder(identity_predictor(), folder, out, progress=False, log=lambda _: None)
     with pytest.raises(ConfigError) as error:
-        predict.predict_folder(_predictor(), folder, out, progress=False, log=lambda _: None, classes=CLASSES[:1])
+        predict.predict_folder(identity_predictor(), folder, out, progress=False, log=lambda _: None, classes=CLASSES[:1])
     assert str(error.value).startswith(f"{out}: holds the results of a predict with other settings (classes: ")
     assert "--overwrite to redo every image" in str(error.value)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("the user's own file")
     with pytest.raises(ConfigError, match="already exists and holds files"):
-        predict.predict_folder(_predictor(), folder, tmp_path / "mine", progress=False, log=lambda _: None)
+        predict.predict_folder(identity_predictor(), folder, tmp_path / "mine", progress=False, log=lambda _: None)
 
 
 _HOLD = """
@@ -129,18 +121,18 @@ def test_a_second_process_on_the_same_out_is_refused_naming_the_first(folder, tm
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(LockedError) as error:
-            predict.predict_folder(_predictor(), folder, out, progress=False, log=lambda _: None)
+            predict.predict_folder(identity_predictor(), folder, out, progress=False, log=lambda _: None)
         assert str(error.value).startswith(f"{out}: another predict is writing this folder (process {holder.pid} on "
                                            "host ")
     finally:
         holder.kill()
         holder.wait()
-    predict.predict_folder(_predictor(), folder, out, progress=False, log=lambda _: None)  # a dead holder's lock
+    predict.predict_folder(identity_predictor(), folder, out, progress=False, log=lambda _: None)  # a dead holder's lock
     assert len(_summary(out)) == COUNT and not (out / OUT_LOCK).exists()
 
 
 def test_rank_stopped_then_rerun_scores_only_the_rest_and_ranks_the_same(folder, tmp_path, monkeypatch):
-    predictor = _predictor()
+    predictor = identity_predictor()
     whole = ranking.rank_folder(predictor, folder, tmp_path / "whole", top=2, progress=False, log=lambda _: None)
     out = tmp_path / "out"
     _counting(monkeypatch, ranking, "score_image", stop_at=3)
