@@ -340,9 +340,12 @@ def test_predict_gives_identical_masks_and_labelme_files(blob_run, tmp_path):  #
                 "--labelme"]
         assert predict_cli.main(argv) == 0
     from_png, from_dcm = _files(tmp_path / "out_png"), _files(tmp_path / "out_dcm")
+    copies = [{name: found.pop(name) for name in list(found) if "/" not in name} for found in (from_png, from_dcm)]
     assert len(from_png) == 12 and from_png == from_dcm  # 3 classes + overlays, 3 images
+    assert sorted(copies[0]) == ["scene_0.png", "scene_1.png", "scene_2.png"] and copies[0] == copies[1]  # 8-bit
     annotation = labelme.read_labelme(tmp_path / "out_dcm" / "scene_0.json")
     assert annotation.image_path.name == "scene_0.dcm" and (annotation.height, annotation.width) == (72, 100)
+    assert json.loads((tmp_path / "out_dcm" / "scene_0.json").read_text())["imagePath"] == "scene_0.png"
 
 
 def test_evaluate_uses_the_dicom_spacing_and_the_option_overrides_it(blob_run, tmp_path, capsys):  # noqa: F811
