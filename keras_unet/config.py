@@ -344,6 +344,8 @@ def merge(config: Config, overrides: dict) -> Config:
 def load_config(path) -> Config:
     """Read a YAML or JSON config file (a run's config.json too)."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, FIFO or device: opening a FIFO would block
+        raise ConfigError(f"{path}: not a regular file, so not a config file")
     try:
         text = path.read_text()
     except OSError as exc:
