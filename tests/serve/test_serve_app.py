@@ -236,3 +236,24 @@ def test_a_fault_in_the_model_is_a_500_with_one_line_and_the_server_goes_on(caps
                                               "message": "inference failed: tensor arena exhausted"}
     assert capsys.readouterr().err.splitlines()[-1] == "error: /v1/predict: RuntimeError: tensor arena exhausted"
     assert service.admission.inside == 0
+
+
+def test_two_model_copies_answer_concurrent_requests_alike(expected):
+    import httpx
+
+    from keras_unet.infer.load import load_predictor
+    from serve_fixtures import MODEL
+
+    app, service = make_app(concurrency=2, queue=2, predictors=[load_predictor(MODEL) for _ in range(2)])
+    _, payload = x_anylabeling_request("keras_unet", data_uri(IMAGE))
+
+    async def together():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            return await asyncio.gather(*[http.post("/v1/segment", json=payload, headers=auth()) for _ in range(4)])
+
+    answers = asyncio.run(together())
+    service.close()
+    assert [a.status_code for a in answers] == [200] * 4
+    for answer in answers:
+        masks = answer.json()["data"]["masks"]
+        assert all(np.array_equal(decode_mask_png(masks[n]), expected[1][..., c]) for c, n in enumerate(masks))
