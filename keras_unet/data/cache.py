@@ -80,7 +80,7 @@ def read_index(cache: Path, classes, line_width) -> dict:
     """The cache index's entries for these classes and line width (empty when absent, stale or unreadable)."""
     try:
         index = json.loads((cache / INDEX_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     if not isinstance(index, dict) or index.get("format") != CACHE_FORMAT:
         return {}

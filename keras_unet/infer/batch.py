@@ -145,7 +145,7 @@ def read_progress(out) -> tuple[dict | None, dict]:
     for line in lines:
         try:
             entry = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(entry, dict) and "settings" in entry and "image" not in entry:
             settings = entry["settings"] if settings is None else settings

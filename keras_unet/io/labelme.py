@@ -194,6 +194,8 @@ def _load_json(json_path: Path) -> dict:
         raise DataError(json_path, "not UTF-8 text: not a Labelme JSON file") from None
     except json.JSONDecodeError as error:
         raise DataError(json_path, f"malformed JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+    except RecursionError:
+        raise DataError(json_path, "malformed JSON: nested too deeply (more than Python's recursion limit)") from None
     if not isinstance(document, dict) or not isinstance(document.get("shapes"), list):
         raise DataError(json_path, "not a Labelme annotation (no 'shapes' list)")
     return document
