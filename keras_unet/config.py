@@ -341,6 +341,25 @@ def merge(config: Config, overrides: dict) -> Config:
     return config_from_dict(values, "settings")
 
 
+def settings_differences(old: dict, new: dict, ignore=()) -> list[str]:
+    """'name: old -> new' for each setting that differs between two settings dicts (nested ones as 'model.depth')."""
+    old = _flat({k: v for k, v in old.items() if k not in ignore})
+    new = _flat({k: v for k, v in new.items() if k not in ignore})
+    missing = "(not set)"
+    return [f"{key}: {old.get(key, missing)!r} -> {new.get(key, missing)!r}" for key in sorted(set(old) | set(new))
+            if old.get(key, missing) != new.get(key, missing)]
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def load_config(path) -> Config:
     """Read a YAML or JSON config file (a run's config.json too)."""
     path = Path(path)

@@ -10,6 +10,7 @@ import os
 from contextlib import ExitStack
 from pathlib import Path
 
+from keras_unet.config import settings_differences
 from keras_unet.errors import ConfigError, DataError, KerasUnetError
 from keras_unet.io.files import (DiskFullError, check_out_dir, hold_lock, is_disk_full, remove_temporaries,
                                  write_bytes_atomic)
@@ -59,7 +60,8 @@ class Batch:
             journal.unlink(missing_ok=True)
         elif journal.is_file():
             settings, self.earlier = read_progress(out)
-            differences = setting_differences(settings, self.settings)
+            differences = (settings_differences(settings, self.settings) if isinstance(settings, dict)
+                           else ["the settings of the earlier run cannot be read"])
             if differences:
                 raise ConfigError(f"{out}: holds the results of a {self.command} with other settings "
                                   f"({'; '.join(differences)}; the folder's value first); use the same command, "
@@ -152,11 +154,3 @@ def read_progress(out) -> tuple[dict | None, dict]:
         elif isinstance(entry, dict) and isinstance(entry.get("image"), str) and entry.get("status") in COUNTED:
             records[entry["image"]] = entry
     return settings, records
-
-
-def setting_differences(saved, now: dict) -> list[str]:
-    """'name: saved -> now' for each setting that differs (all of them when nothing was saved)."""
-    if not isinstance(saved, dict):
-        return ["the settings of the earlier run cannot be read"]
-    keys = sorted(set(saved) | set(now))
-    return [f"{key}: {saved.get(key)!r} -> {now.get(key)!r}" for key in keys if saved.get(key) != now.get(key)]
