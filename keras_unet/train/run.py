@@ -3,6 +3,7 @@ teacher and student), and the final validation scores."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -16,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_unet import __version__
-from keras_unet.config import DEFAULT_DATA_DIR, Config, config_from_dict
+from keras_unet.config import DEFAULT_DATA_DIR, Config, config_from_dict, settings_differences
 from keras_unet.data.cleanup import resolve_postprocess
 from keras_unet.data.phantom import bundled_sample
 from keras_unet.data.pipeline import crop_items, flip_for, make_dataset
@@ -25,12 +26,12 @@ from keras_unet.errors import ConfigError, TrainingError
 from keras_unet.imaging.crops import crop
 from keras_unet.infer.load import load_predictor
 from keras_unet.io import images
-from keras_unet.io.files import write_json_atomic
+from keras_unet.io.files import hold_lock, write_json_atomic
 from keras_unet.model.losses import get_loss, segmentation_metrics
 from keras_unet.model.saving import load_model
 from keras_unet.model.unet import model_from_config
 from keras_unet.run_folder import (BACKUP_DIR, CONFIG_FILE, CURVES_FILE, FIT_DONE, HISTORY_FILE, LOGS_DIR,
-                                   METRICS_FILE, MODEL_FILE, PSEUDO_DIR, REFINE_DIR, SKIPPED_FILE, SPLIT_FILE)
+                                   METRICS_FILE, MODEL_FILE, PSEUDO_DIR, REFINE_DIR, RUN_LOCK, SKIPPED_FILE, SPLIT_FILE)
 from keras_unet.train.callbacks import BestCheckpoint, EpochClock
 from keras_unet.train.card import write_model_card
 from keras_unet.train.fit import fit, resume_history
@@ -68,17 +69,22 @@ def select_strategy() -> tf.distribute.Strategy:
 
 def prepare_run_dir(out: Path, config: Config, overwrite: bool) -> bool:
     """Create the run directory; True when resuming an unfinished run (no metrics.json yet) of the same settings."""
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(path.name != RUN_LOCK for path in out.iterdir()):
         saved = out / CONFIG_FILE
         interrupted = (out / BACKUP_DIR).exists() or (saved.exists() and not (out / METRICS_FILE).exists()) or (
             config.refine.enabled and saved.exists() and not (out / REFINE_DIR / METRICS_FILE).exists())
+        differences = _differences(saved, config) if interrupted and saved.exists() and not overwrite else []
         if overwrite:
-            shutil.rmtree(out)
-        elif interrupted and saved.exists() and _same_run(saved, config):
+            for path in out.iterdir():  # all but the lock this process holds
+                if path.name != RUN_LOCK:
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        elif interrupted and saved.exists() and not differences:
             return True
         elif interrupted:
-            raise ConfigError(f"{out}: holds an interrupted run with other settings; "
-                              "use another --out, or --overwrite to discard it")
+            listed = "; ".join(differences[:8]) + (f"; and {len(differences) - 8} more" if len(differences) > 8 else "")
+            raise ConfigError(f"{out}: holds an interrupted run with other settings"
+                              + (f" ({listed}; the run's value first)" if differences else "")
+                              + "; resume it with its own settings, use another --out, or --overwrite to discard it")
         else:
             raise ConfigError(f"{out}: run directory already exists; use another --out, or --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
@@ -86,13 +92,20 @@ def prepare_run_dir(out: Path, config: Config, overwrite: bool) -> bool:
 
 
 def _same_run(saved: Path, config: Config) -> bool:
+    return not _differences(saved, config)
+
+
+def _differences(saved: Path, config: Config) -> list[str]:
+    """'setting: the run's value -> this command's' for each setting in which config differs from saved."""
     try:
         old = json.loads(saved.read_text())
     except (OSError, ValueError):
-        return False
+        return [f"{saved.name} cannot be read"]
+    if not isinstance(old, dict):
+        return [f"{saved.name} holds no settings"]
     ignore = {"version", "skip_bad", "jit_compile_resolved", "precision_resolved"}  # the last two: records
     new = config.to_dict()
-    return {k: v for k, v in old.items() if k not in ignore} == {k: v for k, v in new.items() if k not in ignore}
+    return settings_differences(old, new, ignore)
 
 
 def report_skipped(out: Path, bad: list, log=print) -> None:
@@ -193,6 +206,21 @@ def train(config: Config, overwrite: bool = False, log=print) -> dict:
     train_samples, _ = load_samples(config, log=None, bad=[], require_pixels=True)  # and classes without a pixel
     config = resolve_postprocess(config, log, train_samples)  # per-class keep_largest and fill_holes from them
     out = Path(config.out)
+    with run_lock(out):  # a second training pointed at this --out refuses, naming this process
+        return _train_run(config, out, start, overwrite, log)
+
+
+def run_lock(out: Path):
+    """The run folder's lock file, held while a training writes it; a multi-worker cluster's chief holds it alone."""
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task, cluster = tf_config.get("task") or {}, tf_config.get("cluster") or {}
+    if task and (task.get("type"), int(task.get("index", 0))) != ("chief" if "chief" in cluster else "worker", 0):
+        return contextlib.nullcontext()
+    return hold_lock(out / RUN_LOCK, "another training is writing this run folder")
+
+
+def _train_run(config: Config, out: Path, start, overwrite: bool, log) -> dict:
+    """train()'s stages in its locked run folder out."""
     resuming = prepare_run_dir(out, config, overwrite)
     result = _finished(out, "first stage", log) if resuming else None
     if result is None:
