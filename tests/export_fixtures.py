@@ -17,6 +17,7 @@ CLASSES = ["left_bone", "right_bone"]
 SIZE = 64
 HEIGHT, WIDTH = 60, 84  # not square: the letterbox pads
 _CACHE: dict = {}
+BASIC_FORMATS = ("saved_model", "tflite", "tflite_fp16", "tflite_int8", "onnx")  # what the default suite exports
 
 
 def scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -96,10 +97,60 @@ def make_run(folder: Path, precision: str = "float32", steps: int = 60, sharpen:
     return run
 
 
-def cached_run(name: str, tmp_path_factory, **kwargs) -> Path:
-    """make_run once per test session."""
+REFINE_SIZE = 32
+
+
+def crop_arrays(data: Path, config: Config, fine: Config) -> tuple[np.ndarray, np.ndarray]:
+    """The refine stage's training pairs: each structure's crop (cut around its expert mask as the chain cuts it around
+    the first model's) prepared at the refine size, and its letterboxed mask."""
+    from keras_unet.imaging import crops
+    from keras_unet.imaging.preprocess import letterbox, normalize, prepare
+
+    xs, ys = [], []
+    for path in sorted((data / "images").glob("*.png"))[:12]:
+        gray = normalize(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), fine.normalization)
+        for name in CLASSES:
+            mask = (cv2.imread(str(data / "masks" / name / path.name), 0) > 0).astype(np.float32)
+            box = crops.structure_box(mask, fine.crops.margin)
+            xs.append(prepare(crops.crop(gray, box), fine, normalized=True)[0])
+            ys.append(letterbox(crops.crop(mask, box)[..., None], fine.image_size)[0])
+    return np.stack(xs), np.stack(ys)
+
+
+def make_refine_run(folder: Path, steps: int = 60, sharpen: float = 4.0) -> Path:
+    """make_run's run with a refine stage (refine/: a U-Net on 32 px crops around each bone, trained as briefly and
+    sharpened the same way), blend 0.5 and flip TTA on, so that every step of the chain shows in its masks."""
+    import keras
+
+    from keras_unet.config import load_config
+    from keras_unet.model.losses import BceDiceLoss
+    from keras_unet.model.unet import model_from_config
+
+    run = make_run(folder, steps=steps, sharpen=sharpen)
+    config = load_config(run / "config.json")
+    config.refine.enabled, config.refine.image_size, config.refine.blend = True, REFINE_SIZE, 0.5
+    config.postprocess.tta = True
+    config.out = str(run)
+    write_json_atomic(run / "config.json", config.to_dict())
+    fine = config.refine_stage()
+    x, y = crop_arrays(Path(config.data), config, fine)
+    keras.utils.set_random_seed(1)
+    model = model_from_config(fine)
+    model.compile(keras.optimizers.Adam(1e-2), loss=BceDiceLoss(), jit_compile=False)
+    repeats = (1 + steps * 8 // len(x), 1, 1, 1)
+    model.fit(np.tile(x, repeats)[:steps * 8], np.tile(y, repeats)[:steps * 8], batch_size=8, epochs=1, verbose=0)
+    logits = model.get_layer("logits")
+    logits.set_weights([w * sharpen for w in logits.get_weights()])
+    (run / "refine").mkdir()
+    model.save(run / "refine" / "model.keras")
+    write_json_atomic(run / "refine" / "config.json", fine.to_dict())
+    return run
+
+
+def cached_run(name: str, tmp_path_factory, refine: bool = False, **kwargs) -> Path:
+    """make_run (or, with refine, make_refine_run) once per test session."""
     if name not in _CACHE:
-        _CACHE[name] = make_run(tmp_path_factory.mktemp(name), **kwargs)
+        _CACHE[name] = (make_refine_run if refine else make_run)(tmp_path_factory.mktemp(name), **kwargs)
     return _CACHE[name]
 
 
@@ -119,5 +170,27 @@ def exported(tiny_run, tmp_path_factory) -> tuple[Path, dict]:
 
     if "exported" not in _CACHE:  # test_export.py and test_edge.py both use it: export once per session
         out = tmp_path_factory.mktemp("exports") / "all"
-        _CACHE["exported"] = out, export_run(tiny_run / "model.keras", out, ExportOptions(parity_images=4), log=None)
+        options = ExportOptions(formats=BASIC_FORMATS, parity_images=4)  # onnx_int8: the slow chain tests
+        _CACHE["exported"] = out, export_run(tiny_run / "model.keras", out, options, log=None)
     return _CACHE["exported"]
+
+
+@pytest.fixture(scope="session")
+def refine_run(tmp_path_factory) -> Path:
+    return cached_run("refine_run", tmp_path_factory, refine=True)
+
+
+@pytest.fixture(scope="session")
+def chain_exported(refine_run, tmp_path_factory) -> tuple[Path, dict]:
+    """The default formats of the two-stage run (both models in each), exported once."""
+    pytest.importorskip("tf2onnx")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("ai_edge_litert")
+    from keras_unet.export.exporter import export_run
+    from keras_unet.export.options import ExportOptions
+
+    if "chain_exported" not in _CACHE:
+        out = tmp_path_factory.mktemp("exports") / "chain"
+        _CACHE["chain_exported"] = out, export_run(refine_run / "model.keras", out, ExportOptions(parity_images=4),
+                                                   log=None)
+    return _CACHE["chain_exported"]

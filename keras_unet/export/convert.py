@@ -13,7 +13,17 @@ from keras_unet.imaging.preprocess import prepare
 from keras_unet.io import images
 
 FILES = {"saved_model": "saved_model", "tflite": "model.tflite", "tflite_fp16": "model_fp16.tflite",
-         "tflite_int8": "model_int8.tflite", "onnx": "model.onnx"}
+         "tflite_int8": "model_int8.tflite", "onnx": "model.onnx", "onnx_int8": "model_int8.onnx",
+         "tflite_int16x8": "model_int16x8.tflite", "tflite_dynamic": "model_dynamic.tflite",
+         "tflite_int8_head": "model_int8_head.tflite"}
+
+# the TFLite quantisation schemes: full integer (int8 weights per channel and int8 activations, uint8 in and out),
+# int16 activations with int8 weights (float in and out), dynamic range (int8 weights, float activations), and full
+# integer but for the output head (the 1x1 `logits` convolution and the sigmoid in float32, float in and out: the
+# int8 logits step of about 0.1 near the 0.5 threshold flips the edge pixels of thin structures)
+TFLITE_SCHEMES = {"tflite_int8": "full_int8", "tflite_int16x8": "int16x8", "tflite_dynamic": "dynamic",
+                  "tflite_int8_head": "int8_float_head"}
+HEAD_LAYER = "logits"  # keras_unet.model.unet's output convolution
 
 
 INPUT_NAME = "image"
@@ -42,29 +52,86 @@ def write_saved_model(model, path: Path, size: int) -> None:
 
 
 def convert_tflite(saved_model: Path, mode: str, calibration=None) -> bytes:
-    """TFLite flatbuffer from a SavedModel: float32, float16 weights, or full-integer int8 (uint8 in and out)."""
+    """TFLite flatbuffer from a SavedModel: float32, float16 weights, or one of the TFLITE_SCHEMES."""
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    scheme = TFLITE_SCHEMES.get(mode)
     if mode == "tflite_fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
-    elif mode == "tflite_int8":
+    elif scheme == "full_int8":  # weights per channel (the converter's default), activations per tensor
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = calibration
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.uint8
+    elif scheme == "int16x8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = calibration
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    elif scheme == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]  # no representative dataset: dynamic range
+    elif scheme == "int8_float_head":
+        return float_head_model(converter, saved_model, calibration)
     return converter.convert()
 
 
-def calibration_data(paths, config: Config):
-    """Representative-dataset callable: each calibration image as a prepared [(1, S, S, 1)] list, read lazily."""
+def float_head_model(converter, saved_model: Path, calibration) -> bytes:
+    """Selective quantisation (the converter's quantisation debugger): every operator int8 but the output head,
+    named by the float32 model's tensors of the HEAD_LAYER convolution, and the sigmoid (LOGISTIC)."""
+    import tensorflow as tf
+
+    from keras_unet.infer.runtimes import litert_interpreter
+
+    interpreter = litert_interpreter()(model_content=tf.lite.TFLiteConverter.from_saved_model(str(saved_model)).convert())
+    head = [t["name"] for t in interpreter.get_tensor_details() if f"/{HEAD_LAYER}" in t["name"]]
+    if not head:
+        raise ExportError(f"tflite_int8_head: the model has no `{HEAD_LAYER}` layer to keep in float")
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = calibration
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=head, denylisted_ops=["LOGISTIC"])
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=calibration,
+                                                         debug_options=options)
+    return debugger.get_nondebug_quantized_model()
+
+
+def calibration_data(items, config: Config):
+    """Representative-dataset callable: each calibration item as a [(1, S, S, 1)] list, made lazily; an item is an
+    image file (prepared as for inference) or an already prepared (S, S, 1) input (a refine-stage crop)."""
     def generate():
-        for path in paths:
-            yield [prepared(path, config)[None]]
+        for item in items:
+            x = item if isinstance(item, np.ndarray) else prepared(item, config)
+            yield [np.asarray(x, np.float32)[None]]
 
     return generate
+
+
+def quantize_onnx(source: Path, path: Path, calibration) -> None:
+    """ONNX Runtime static quantisation (QDQ): int8 weights per channel, uint8 activations calibrated (min-max) on
+    the representative inputs, weights at 7 bits (reduce_range) so that AVX2 and AVX-512 CPUs without VNNI do not
+    saturate their u8 x s8 products."""
+    from onnxruntime import quantization as q
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared_model = path.with_name(f".{path.stem}.pre.onnx")  # shapes inferred and the graph optimised first
+    quant_pre_process(str(source), str(prepared_model), skip_symbolic_shape=True)
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(calibration())
+
+        def get_next(self):
+            item = next(self.items, None)
+            return None if item is None else {INPUT_NAME: item[0]}
+
+    try:
+        q.quantize_static(str(prepared_model), str(path), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+                          reduce_range=True, activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                          calibrate_method=q.CalibrationMethod.MinMax)
+    finally:
+        prepared_model.unlink(missing_ok=True)
 
 
 def convert_onnx(model, size: int, opset: int = ONNX_OPSET):
@@ -95,6 +162,15 @@ def name_onnx_io(proto, output_name: str, batch_name: str):
     return proto
 
 
+def write_onnx(model, path: Path, size: int) -> None:
+    """The float32 ONNX model, checked, at path."""
+    import onnx
+
+    proto = convert_onnx(model, size)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
 def write_artifact(fmt: str, model, folder: Path, saved_model: Path, config: Config, calibration) -> Path:
     """Write one artefact into folder and return its path."""
     path = folder / FILES[fmt]
@@ -104,12 +180,16 @@ def write_artifact(fmt: str, model, folder: Path, saved_model: Path, config: Con
         elif fmt.startswith("tflite"):
             data = convert_tflite(saved_model, fmt, calibration_data(calibration, config))
             path.write_bytes(data)
+        elif fmt == "onnx_int8":
+            source = folder / FILES["onnx"]
+            if not source.is_file():  # quantised from the float ONNX model, written here first when not chosen
+                source = folder / ".float.onnx"
+                write_onnx(model, source, config.image_size)
+            quantize_onnx(source, path, calibration_data(calibration, config))
+            if source.name.startswith("."):
+                source.unlink()
         else:
-            import onnx
-
-            proto = convert_onnx(model, config.image_size)
-            onnx.checker.check_model(proto)
-            onnx.save(proto, str(path))
+            write_onnx(model, path, config.image_size)
     except KerasUnetError:
         raise
     except Exception as exc:  # converters raise many types

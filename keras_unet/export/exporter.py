@@ -24,19 +24,27 @@ from keras_unet import __version__
 from keras_unet.config import Config
 from keras_unet.data.samples import load_samples, prepare_samples
 from keras_unet.errors import ConfigError, DataError, KerasUnetError
+from keras_unet.export import chain
 from keras_unet.export.convert import FILES, INPUT_NAME, write_artifact, write_saved_model
-from keras_unet.export.options import ExportOptions
+from keras_unet.export.options import INT8_FORMATS, ExportOptions
 from keras_unet.export.parity import PARITY_THRESHOLD, compare, latency_ms, load_batch, predict_all, runner
 from keras_unet.infer.load import read_settings
+from keras_unet.infer.predictor import Predictor, RefinedPredictor
 from keras_unet.infer.runtimes import keras_network
 from keras_unet.io import images, labelme
 from keras_unet.io.files import build_folder, check_out_dir, folder_bytes, human_bytes, sha256_file
 from keras_unet.model.saving import float32_model, load_model
 from keras_unet.progress import Progress
-from keras_unet.run_folder import CONFIG_FILE, METADATA_FILE, MODEL_CARD, MODEL_FILE, SPLIT_FILE
+from keras_unet.run_folder import CONFIG_FILE, METADATA_FILE, MODEL_CARD, MODEL_FILE, REFINE_DIR, SPLIT_FILE
 
 PRECISION = {"saved_model": "float32", "tflite": "float32", "tflite_fp16": "float16 weights, float32 compute",
-             "tflite_int8": "int8 (full integer, uint8 input and output)", "onnx": "float32"}
+             "tflite_int8": "int8 (full integer: int8 weights per channel, int8 activations, uint8 input and output)",
+             "onnx": "float32",
+             "onnx_int8": "int8 (ONNX Runtime static QDQ: int8 weights per channel at 7 bits, uint8 activations)",
+             "tflite_int16x8": "int16 activations, int8 weights (float input and output)",
+             "tflite_dynamic": "dynamic range (int8 weights, float activations)",
+             "tflite_int8_head": "int8 (full integer) but the output head (logits convolution, sigmoid) in float32; "
+                                 "float input and output"}
 
 
 def check_packages(formats) -> None:
@@ -67,9 +75,10 @@ def load_run(model_path) -> tuple:
 def check_shapes(model, config: Config) -> None:
     """Raise ConfigError when the model's input or output does not fit the config."""
     channels_in, channels_out = model.inputs[0].shape[-1], model.outputs[0].shape[-1]
-    if channels_in != 1 or channels_out != len(config.classes):
+    outputs = config.outputs()
+    if channels_in != 1 or channels_out != len(outputs):
         raise ConfigError(f"the model maps {channels_in} channel(s) to {channels_out}, but the config expects "
-                          f"1 to {len(config.classes)} ({', '.join(config.classes)})")
+                          f"1 to {len(outputs)} ({', '.join(outputs)})")
 
 
 # -- calibration and parity images --------------------------------------------------------------------
@@ -140,20 +149,12 @@ def select_images(run_dir: Path, config: Config, options: ExportOptions, log=pri
     return spread(calibration, options.calibration_images), spread(parity, options.parity_images)
 
 
-# -- writing the artefacts ----------------------------------------------------------------------------
-
-
-# -- running the artefacts ----------------------------------------------------------------------------
-
-
-# -- the output folder --------------------------------------------------------------------------------
-
-
 # -- the export ---------------------------------------------------------------------------------------
 
 
 def export_run(model_path, out, options: ExportOptions | None = None, log=print) -> dict:
-    """Export a run's model.keras to out/ in the chosen formats, check each against Keras; returns the metadata."""
+    """Export a run's model.keras (and its refine stage) to out/ in the chosen formats, check each against Keras;
+    returns the metadata."""
     options = (options or ExportOptions()).validate()
     log = log or (lambda line: None)
     model_path, out = Path(model_path).expanduser(), Path(out).expanduser()
@@ -162,24 +163,48 @@ def export_run(model_path, out, options: ExportOptions | None = None, log=print)
     check_out_dir(out, options.overwrite, "export folder", keep=model_path)
     check_packages(options.formats)
     source, config = load_run(model_path)
-    if config.refine.enabled:
-        log("note: this run has a refine stage (refine/); only the first, whole-image model is exported, so the "
-            "artefacts give its masks, without the refinement")
     model = float32_model(source, config)
     check_shapes(model, config)
+    fine = refine_model(model_path.parent, config, options, log)
     calibration, parity = select_images(model_path.parent, config, options, log)
-    log(f"exporting {model_path} ({', '.join(options.formats)}); parity on {len(parity)} image(s)"
-        + (f", int8 calibration on {len(calibration)}" if "tflite_int8" in options.formats else ""))
+    log(f"exporting {model_path}{' and its refine stage' if fine else ''} ({', '.join(options.formats)}); parity on "
+        f"{len(parity)} image(s)" + (f", int8 calibration on {len(calibration)}"
+                                     if set(INT8_FORMATS) & set(options.formats) else ""))
     batch = load_batch(parity, config)
     metadata, reference = reference_run(model, source, model_path, config, options, batch, log)
+    stages = [chain.Stage("first", "", model, config, calibration, batch, reference)]
+    keras_chain = None  # (the Keras chain's probabilities on the parity images, the raw images)
+    if fine:
+        reference_chain = chain.keras_chain(stages[0], *fine)
+        stages.append(chain.refine_stage(reference_chain, fine[0], calibration, parity))
+        raw = [images.read_image(p) for p in parity]
+        keras_chain = chain.chain_probs(reference_chain, raw), raw
+        metadata["refine"] = chain.describe(config, fine[1], len(stages[1].batch))
+        metadata["keras"]["chain_ms"] = chain.chain_latency_ms(reference_chain, raw[0])
+        metadata["parity"]["reference"] = "the float32 Keras chain (both stages, keras_unet.infer.predictor)"
 
     def fill(folder: Path) -> None:
-        write_artifacts(folder, model, config, calibration, batch, reference, options, metadata, log)
+        write_artifacts(folder, stages, keras_chain, options, metadata, log)
         if (model_path.parent / MODEL_CARD).is_file():  # the model travels with its card
             shutil.copy2(model_path.parent / MODEL_CARD, folder / MODEL_CARD)
 
     build_folder(out, fill, check=lambda: check_out_dir(out, options.overwrite, "export folder", keep=model_path))
     return metadata
+
+
+def refine_model(run_dir: Path, config: Config, options: ExportOptions, log) -> tuple | None:
+    """(float32 Keras model, Config) of the run's refine stage, or None: no stage, --no-refine, or unfinished."""
+    if not config.refine.enabled:
+        return None
+    folder = run_dir / REFINE_DIR
+    if not options.refine or not (folder / MODEL_FILE).is_file():
+        log("note: the refine stage is left out (" + ("--no-refine" if not options.refine else
+            f"{folder} has no {MODEL_FILE}: training unfinished?") + "); the artefacts give the first stage's masks")
+        return None
+    source, fine_config = load_run(folder / MODEL_FILE)
+    model = float32_model(source, fine_config)
+    check_shapes(model, fine_config)
+    return model, fine_config
 
 
 def reference_run(model, source, model_path: Path, config: Config, options: ExportOptions, batch, log):
@@ -196,12 +221,16 @@ def reference_run(model, source, model_path: Path, config: Config, options: Expo
     return metadata, reference
 
 
-def write_artifacts(folder: Path, model, config, calibration, batch, reference, options, metadata, log) -> None:
-    """Every chosen artefact, checked, and metadata.json, into folder."""
+def write_artifacts(folder: Path, stages: list, keras_chain: tuple, options, metadata, log) -> None:
+    """Every chosen artefact of every stage, checked, and metadata.json, into folder."""
     keep = "saved_model" in options.formats
-    saved_model = folder / (FILES["saved_model"] if keep else ".saved_model_source")
-    if keep or any(f.startswith("tflite") for f in options.formats):
-        write_saved_model(model, saved_model, config.image_size)  # what the TFLite converters read
+    saved_models = []
+    for stage in stages:
+        saved_model = folder / stage.folder / (FILES["saved_model"] if keep else ".saved_model_source")
+        saved_model.parent.mkdir(parents=True, exist_ok=True)
+        if keep or any(f.startswith("tflite") for f in options.formats):
+            write_saved_model(stage.model, saved_model, stage.config.image_size)  # what the TFLite converters read
+        saved_models.append(saved_model)
     bar = Progress(len(options.formats), unit="artefacts")  # one step per artefact, with the time left, on stderr
 
     def say(line):
@@ -209,30 +238,46 @@ def write_artifacts(folder: Path, model, config, calibration, batch, reference, 
         log(line)
 
     for fmt in options.formats:
-        metadata["artifacts"][fmt] = export_one(fmt, model, folder, saved_model, config, calibration, batch,
-                                                reference, options, say)
+        metadata["artifacts"][fmt] = export_one(fmt, folder, stages, saved_models, keras_chain, options, say)
         bar.step()
     bar.close()
     if not keep:
-        shutil.rmtree(saved_model, ignore_errors=True)
+        for saved_model in saved_models:
+            shutil.rmtree(saved_model, ignore_errors=True)
     metadata["parity_passed"] = all(a["parity_passed"] for a in metadata["artifacts"].values())
     (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
 
 
-def export_one(fmt, model, folder, saved_model, config, calibration, batch, reference, options, log) -> dict:
-    """Write one artefact, run it on the parity batch, and describe it for the metadata."""
-    path = write_artifact(fmt, model, folder, saved_model, config, calibration)
-    predict, tensors = runner(fmt, path)
-    figures = compare(reference, predict_all(predict, batch), config.classes)
-    figures["latency_ms"] = latency_ms(predict, batch[0])
-    figures["min_dice"] = options.int8_dice if fmt == "tflite_int8" else options.float_dice
-    passed = figures["dice"] >= figures["min_dice"]
-    entry = {"file": FILES[fmt], "bytes": folder_bytes(path), "precision": PRECISION[fmt], **tensors,
-             "parity": figures, "parity_passed": passed}
-    if path.is_file():
-        entry["sha256"] = sha256_file(path)
-    log(f"{fmt}: {FILES[fmt]} {human_bytes(entry['bytes'])}, Dice {figures['dice']:.4f}, "
-        f"max diff {figures['max_abs_diff']:.2e}" + ("" if passed else "  PARITY FAILED"))
+def export_one(fmt, folder, stages, saved_models, keras_chain, options, log) -> dict:
+    """Write one format of every stage, run each on its parity inputs (and the chain on the parity images), and
+    describe it for the metadata."""
+    entries, networks = [], []
+    for stage, saved_model in zip(stages, saved_models):
+        path = write_artifact(fmt, stage.model, folder / stage.folder, saved_model, stage.config, stage.calibration)
+        predict, tensors = runner(fmt, path)
+        figures = compare(stage.reference, predict_all(predict, stage.batch), stage.config.outputs())
+        figures["latency_ms"] = latency_ms(predict, stage.batch[0])
+        entry = {"file": str(path.relative_to(folder)), "bytes": folder_bytes(path), "precision": PRECISION[fmt],
+                 **tensors, "parity": figures}
+        if path.is_file():
+            entry["sha256"] = sha256_file(path)
+        entries.append(entry)
+        networks.append((predict, stage.config, path))
+    entry, parity = entries[0], entries[0]["parity"]
+    if len(stages) == 2:  # the chain is what is gated
+        reference, raw = keras_chain
+        exported = RefinedPredictor(*(Predictor(*n) for n in networks))
+        parity = chain.compare_chain(reference, chain.chain_probs(exported, raw), stages[0].config.classes)
+        parity["latency_ms"] = chain.chain_latency_ms(exported, raw[0])
+        parity["stages"] = {stage.name: e.pop("parity") for stage, e in zip(stages, entries)}
+        entry["refine"] = entries[1]
+        entry["parity"] = parity
+    parity["min_dice"] = options.int8_dice if fmt in INT8_FORMATS else options.float_dice
+    entry["parity_passed"] = passed = parity["dice"] >= parity["min_dice"]
+    stage_dice = "".join(f", {name} {f['dice']:.4f}" for name, f in parity.get("stages", {}).items())
+    log(f"{fmt}: {entry['file']} {human_bytes(sum(e['bytes'] for e in entries))}, Dice {parity['dice']:.4f}"
+        f"{' (chain' + stage_dice + ')' if stage_dice else ''}, max diff {parity['max_abs_diff']:.2e}"
+        + ("" if passed else "  PARITY FAILED"))
     return entry
 
 
@@ -272,16 +317,24 @@ def base_metadata(model_path: Path, config: Config, options: ExportOptions, pari
 
 
 def format_table(metadata: dict) -> str:
-    """A text table: format, file, size, Dice vs Keras, max difference, latency per image, parity."""
-    rows = [("format", "file", "size", "Dice vs Keras", "max diff", "ms/image", "parity")]
+    """A text table: format, file, size, Dice vs Keras, max difference, latency per image, parity; for a two-stage
+    export the Dice and difference are the chain's (each stage's Dice beside them), the size both models', the
+    latency the whole chain's on one image."""
+    stages = "refine" in metadata
+    rows = [("format", "file", "size", "Dice vs Keras", "max diff", "ms/image", "parity")
+            + (("Dice first / refine stage",) if stages else ())]
     keras_row = metadata.get("keras")
     if keras_row:
         rows.append(("keras", keras_row["file"], human_bytes(keras_row["bytes"]), "(reference)", "-",
-                     f"{keras_row['latency_ms']:.1f}", "-"))
+                     f"{keras_row.get('chain_ms', keras_row['latency_ms']):.1f}", "-") + (("-",) if stages else ()))
     for fmt, a in metadata["artifacts"].items():
         p = a["parity"]
-        rows.append((fmt, a["file"], human_bytes(a["bytes"]), f"{p['dice']:.4f}", f"{p['max_abs_diff']:.2e}",
-                     f"{p['latency_ms']:.1f}", "ok" if a["parity_passed"] else f"FAILED (< {p['min_dice']})"))
+        size = a["bytes"] + a.get("refine", {}).get("bytes", 0)
+        row = (fmt, a["file"], human_bytes(size), f"{p['dice']:.4f}", f"{p['max_abs_diff']:.2e}",
+               f"{p['latency_ms']:.1f}", "ok" if a["parity_passed"] else f"FAILED (< {p['min_dice']})")
+        if stages:
+            row += (" / ".join(f"{f['dice']:.4f}" for f in p.get("stages", {}).values()) or "-",)
+        rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 

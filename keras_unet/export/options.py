@@ -6,20 +6,25 @@ from dataclasses import dataclass
 
 from keras_unet.errors import ConfigError
 
-FORMATS = ("saved_model", "tflite", "tflite_fp16", "tflite_int8", "onnx")
+# every format, in the order they are written (onnx before onnx_int8, which is quantised from it)
+FORMATS = ("saved_model", "tflite", "tflite_fp16", "tflite_int8", "onnx", "onnx_int8", "tflite_int8_head",
+           "tflite_int16x8", "tflite_dynamic")
+DEFAULT_FORMATS = FORMATS[:6]  # the other quantisation schemes only when named (measured: benchmarks/README.md)
+INT8_FORMATS = ("tflite_int8", "onnx_int8", "tflite_int8_head", "tflite_int16x8", "tflite_dynamic")  # gated at --int8-dice
 
 
 @dataclass
 class ExportOptions:
     """What to export and how strictly to check it."""
 
-    formats: tuple = FORMATS
+    formats: tuple = DEFAULT_FORMATS
     calibration: str | None = None  # folder of images for int8 calibration (and parity when the data is absent)
     calibration_images: int = 200
     parity_images: int = 50
     int8_dice: float = 0.98
     float_dice: float = 0.999
     overwrite: bool = False
+    refine: bool = True  # the run's refine stage too, when it has one
 
     def validate(self) -> "ExportOptions":
         """Raise ConfigError on the first option that cannot work."""
@@ -39,9 +44,9 @@ class ExportOptions:
 
 
 def parse_formats(text: str | None) -> tuple:
-    """Format names from 'tflite,onnx' (None or empty: all), in the canonical order."""
+    """Format names from 'tflite,onnx' (None or empty: the default ones), in the canonical order."""
     if not text:
-        return FORMATS
+        return DEFAULT_FORMATS
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in FORMATS]
     if unknown:

@@ -33,7 +33,7 @@ def runner(fmt: str, path: Path):
     if fmt == "saved_model":
         return saved_model_network(path), {"signature": "serve (also serving_default)", "input": INPUT_NAME,
                                            "output": "output_0"}
-    if fmt == "onnx":
+    if fmt.startswith("onnx"):
         model = OnnxModel(path)
         return model.predict, {"input": model.input_name, "output": model.output_name, "opset": ONNX_OPSET,
                                "dynamic_axes": {"input": [0], "output": [0]}}

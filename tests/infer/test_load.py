@@ -122,3 +122,63 @@ def test_mixed_precision_model_runs_in_float32_on_cpu(tmp_path):
     np.testing.assert_allclose(probs, expected, atol=2e-2)
 
 
+
+
+# -- a two-stage export's metadata (no conversion: the metadata is written here as the exporter writes it) --------
+
+
+def _chain_metadata(tmp_path, entry=None):
+    from keras_unet.export.chain import describe
+
+    config = tiny_config()
+    config.refine.enabled, config.refine.image_size, config.refine.blend = True, 32, 0.25
+    config.out = str(tmp_path / "run")
+    fine = config.refine_stage()
+    values = {"format_version": 2, "config": config.to_dict(), "refine": describe(config, fine, 3),
+              "artifacts": {"tflite": entry or {"file": "model.tflite", "refine": {"file": "refine/model.tflite"}}}}
+    write_json_atomic(tmp_path / "metadata.json", values)
+    return config, fine
+
+
+def test_chain_metadata_round_trip(tmp_path):
+    from keras_unet.infer.load import read_metadata, refine_config
+
+    config, fine = _chain_metadata(tmp_path)
+    values, read = read_metadata(tmp_path / "model.tflite")  # the model file's name finds the metadata beside it
+    assert read == config.validate() and refine_config(values, tmp_path) == fine.validate()
+    section = values["refine"]
+    assert section["crop"]["margin"] == fine.crops.margin == config.refine.margin
+    assert section["blend"] == 0.25 and section["image_size"] == 32 and section["classes"] == CLASSES
+    assert section["output"] == ["structure"] and section["tta"] == config.postprocess.tta
+    assert refine_config({"config": {}}, tmp_path) is None  # a single-stage (0.1.0) export
+    with pytest.raises(ConfigError, match="refine.*no \"config\" mapping"):
+        refine_config({"refine": {"folder": "refine"}}, tmp_path / "metadata.json")
+
+
+def test_chain_export_without_the_refine_model_is_one_line_error(tmp_path):
+    from keras_unet.infer.load import load_exported
+
+    _chain_metadata(tmp_path)
+    (tmp_path / "model.tflite").write_bytes(b"not loaded: the refine check comes first")
+    with pytest.raises(ConfigError, match=r"names no refine-stage model for model.tflite \(the file "
+                                          r"refine/model.tflite is missing\); export again"):
+        load_exported(tmp_path / "model.tflite")
+    _chain_metadata(tmp_path, entry={"file": "model.tflite"})
+    with pytest.raises(ConfigError, match="names no refine-stage model for model.tflite; export again"):
+        load_exported(tmp_path / "model.tflite")
+
+
+def test_export_folder_runs_its_preferred_artefact_that_passed(tmp_path):
+    from keras_unet.infer.load import preferred_artifact
+
+    pytest.importorskip("ai_edge_litert")
+    artifacts = {"tflite_int8": {"file": "model_int8.tflite", "parity_passed": True},
+                 "tflite": {"file": "model.tflite", "parity_passed": False}}
+    write_json_atomic(tmp_path / "metadata.json", {"config": tiny_config().to_dict(), "artifacts": artifacts})
+    for name in ("model.tflite", "model_int8.tflite"):
+        (tmp_path / name).write_bytes(b"x")
+    assert preferred_artifact(tmp_path) == tmp_path / "model_int8.tflite"  # float32 failed its gate: passed over
+    artifacts["tflite_int8"]["parity_passed"] = False
+    write_json_atomic(tmp_path / "metadata.json", {"config": tiny_config().to_dict(), "artifacts": artifacts})
+    with pytest.raises(DataError, match="no artefact that passed its parity gate"):
+        load_predictor(tmp_path)
