@@ -126,7 +126,7 @@ def list_inputs(source: str) -> list[str]:
         return read_list(source)
     if is_local(source):
         return [str(p) for p in images.list_images(source)]
-    if not source.endswith("/") and FileSystems.exists(source):
+    if Path(source).suffix.lower() in images.IMAGE_SUFFIXES and FileSystems.exists(source):
         return [source]
     found = _images_matching(source.rstrip("/") + "/*")
     if not found:

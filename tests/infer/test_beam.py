@@ -7,7 +7,9 @@ runs this file again in .venv-beam (requirements-beam.txt), where these tests ru
 from __future__ import annotations
 
 import csv
+import json
 import os
+import posixpath
 import shutil
 from pathlib import Path
 
@@ -27,6 +29,77 @@ FIXTURE = REPO / "tests" / "fixtures" / "v0_1"
 STEMS = ["phantom_000", "phantom_001", "phantom_002"]
 NO_BEAM = "apache-beam is not installed here (the beam extra; .ci/run runs this file in .venv-beam)"
 needs_beam = pytest.mark.skipif(kb.beam is None, reason=NO_BEAM)
+SCHEME = "keras-unet-test"
+
+
+if kb.beam is not None:
+    from apache_beam.io.filesystem import FileMetadata, FileSystem
+    from apache_beam.io.localfilesystem import LocalFileSystem
+
+    class FolderFileSystem(FileSystem):
+        """`keras-unet-test://a/b`: ROOT/a/b, a filesystem that is not local to keras_unet (as gs:// would be)."""
+
+        ROOT = "/nonexistent"
+
+        def __init__(self, pipeline_options):
+            super().__init__(pipeline_options)
+            self.local = LocalFileSystem(pipeline_options)
+
+        @classmethod
+        def scheme(cls):
+            return SCHEME
+
+        def _in(self, path):
+            return os.path.join(self.ROOT, path[len(SCHEME) + 3:])
+
+        def _meta(self, m, path=None):
+            path = path or f"{SCHEME}://{os.path.relpath(m.path, self.ROOT)}"
+            return FileMetadata(path, m.size_in_bytes, m.last_updated_in_seconds)
+
+        def join(self, base, *paths):
+            return posixpath.join(base, *paths)
+
+        def split(self, path):
+            return posixpath.split(path)
+
+        def has_dirs(self):
+            return True
+
+        def _list(self, prefix):
+            return (self._meta(m) for m in self.local._list(self._in(prefix)))
+
+        def metadata(self, path):
+            return self._meta(self.local.metadata(self._in(path)), path)
+
+        def copy(self, sources, targets):
+            self.local.copy([self._in(p) for p in sources], [self._in(p) for p in targets])
+
+        def rename(self, sources, targets):
+            self.local.rename([self._in(p) for p in sources], [self._in(p) for p in targets])
+
+        def delete(self, paths):
+            self.local.delete([self._in(p) for p in paths])
+
+        def mkdirs(self, path):
+            self.local.mkdirs(self._in(path))
+
+        def create(self, path, *args, **kwargs):
+            return self.local.create(self._in(path), *args, **kwargs)
+
+        def open(self, path, *args, **kwargs):
+            return self.local.open(self._in(path), *args, **kwargs)
+
+        def exists(self, path):
+            return self.local.exists(self._in(path))
+
+        def size(self, path):
+            return self.local.size(self._in(path))
+
+        def last_updated(self, path):
+            return self.local.last_updated(self._in(path))
+
+        def checksum(self, path):
+            return self.local.checksum(self._in(path))
 
 
 def _run(*argv) -> int:
@@ -156,13 +229,44 @@ def test_two_worker_processes_list_file(tmp_path, monkeypatch):
 
 @needs_beam
 @pytest.mark.slow
-@pytest.mark.parametrize("artefact", ["run/model.keras", "export/saved_model", "export/model.onnx"])
-def test_other_artefacts_match_predict_py(artefact, tmp_path):
-    """model.keras, the SavedModel and the ONNX export through the pipeline (in-process, a glob): predict.py's files."""
+@pytest.mark.parametrize("artefact, classes", [("run/model.keras", None), ("export/saved_model", None),
+                                               ("export/model.onnx", "left_clavicle,rib")])
+def test_other_artefacts_match_predict_py(artefact, classes, tmp_path):
+    """model.keras, the SavedModel and the ONNX export (with --classes) through the pipeline (in-process, a glob):
+    predict.py's files."""
     model = FIXTURE / artefact
     inputs = _sample(tmp_path / "in", stems=STEMS[:2], broken=False)
-    predict_folder(load_predictor(model), inputs, tmp_path / "local", progress=False, log=lambda _: None)
-    assert _run("--runner", "beam", "--model", model, "--input", inputs / "*.png", "--out", tmp_path / "beam") == 0
+    predict_folder(load_predictor(model), inputs, tmp_path / "local", progress=False, log=lambda _: None,
+                   classes=classes)
+    subset = ("--classes", classes) if classes else ()
+    assert _run("--runner", "beam", "--model", model, "--input", inputs / "*.png", "--out", tmp_path / "beam",
+                *subset) == 0
     assert _outputs(tmp_path / "beam") == _outputs(tmp_path / "local")
-    assert len(_read_csv(tmp_path / "beam" / kb.FIGURES_FILE)) == 2 * 3
+    rows = _read_csv(tmp_path / "beam" / kb.FIGURES_FILE)
+    assert sorted({r["class"] for r in rows}) == sorted((classes or "left_clavicle,right_clavicle,rib").split(","))
+    assert len(rows) == 2 * (2 if classes else 3)
     assert _read_csv(tmp_path / "beam" / kb.ERRORS_FILE) == []
+
+
+@needs_beam
+@pytest.mark.slow
+def test_images_and_outputs_on_another_filesystem(tmp_path, monkeypatch):
+    """Input and --out on a Beam filesystem that is not this machine's: the same masks, staged through a temporary
+    folder; the Labelme files name the image by its file name; the CSVs land there too."""
+    monkeypatch.setattr(FolderFileSystem, "ROOT", str(tmp_path))
+    model = FIXTURE / "export" / "model.tflite"
+    inputs = _sample(tmp_path / "in", stems=STEMS[:2])
+    predict_folder(load_predictor(model), inputs, tmp_path / "local", labelme=True, progress=False, log=lambda _: None)
+    assert _run("--runner", "beam", "--model", model, "--input", f"{SCHEME}://in", "--out", f"{SCHEME}://beam",
+                "--labelme") == 1
+    beam_files, local_files = _outputs(tmp_path / "beam"), _outputs(tmp_path / "local")
+    assert sorted(beam_files) == sorted(local_files)
+    for name, data in beam_files.items():
+        if name.endswith(".json"):
+            assert json.loads(data)["imagePath"] == name.replace(".json", ".png")
+            assert json.loads(data)["shapes"] == json.loads(local_files[name])["shapes"]
+        else:
+            assert data == local_files[name], name
+    rows = _read_csv(tmp_path / "beam" / kb.FIGURES_FILE)
+    assert sorted({r["image"] for r in rows}) == [f"{SCHEME}://in/{s}.png" for s in STEMS[:2]]
+    assert [e["image"] for e in _read_csv(tmp_path / "beam" / kb.ERRORS_FILE)] == [f"{SCHEME}://in/broken.png"]
