@@ -25,3 +25,9 @@ PRETRAIN_HISTORY = "pretrain_history.csv"
 
 # an export folder (python export.py --out EXPORT)
 METADATA_FILE = "metadata.json"  # the run's settings and how to feed each artefact
+
+# a predict.py output folder (python predict.py --input FOLDER --out OUT, with or without --rank)
+SUMMARY_FILE = "summary.csv"  # each image: done, skipped or failed, with the reason (and its score for --rank)
+PROGRESS_FILE = ".progress.jsonl"  # the settings, then one line per finished image: what a restart continues from
+OUT_LOCK = ".out.lock"  # held while a predict.py writes the folder
+FLAGS_FILE = "flags.csv"  # per image and class: uncertainty, shape deviation, and whether to check the mask

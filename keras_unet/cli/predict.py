@@ -1,4 +1,5 @@
-"""Segment an image or a folder of images: masks per class, overlays and, optionally, Labelme files.
+"""Segment an image or a folder of images: masks per class, overlays, a quality flag per mask (OUT/flags.csv)
+and, optionally, Labelme files.
 
 With --rank: rank the folder's unannotated images by how unsure the model is (OUT/ranking.csv) and write Labelme
 pre-annotations of the --top most uncertain ones, to annotate next.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from keras_unet.cli.common import add_debug_option, add_inference_options, load_for_inference, run_main
+from keras_unet.infer.flags import FlagRecorder
 from keras_unet.infer.predict import predict_folder
 from keras_unet.infer.predictor import select_classes
 from keras_unet.infer.ranking import DEFAULT_TOP, rank_folder
@@ -66,8 +68,10 @@ def run(argv) -> int:
         top = DEFAULT_TOP if args.top is None else args.top
         result = rank_folder(predictor, args.input, args.out, settings, top=top, overwrite=args.overwrite)
     else:
+        flags = FlagRecorder(predictor, settings.tta)
         result = predict_folder(predictor, args.input, args.out, settings, labelme=args.labelme,
-                                overwrite=args.overwrite, classes=args.classes)
+                                overwrite=args.overwrite, classes=args.classes, on_image=flags)
+        flags.write(args.out)  # OUT/flags.csv: the masks to check first
     return 1 if result["failed"] else 0
 
 

@@ -19,9 +19,11 @@ filling. A class of many parts (separate ribs in one channel) or with holes (the
 lattice, as in the bundled sample) gets neither: filling would close the spaces between the ribs, and keeping the
 largest would drop the pieces of a lattice the model did not join. Such a class gets a per-class minimum area
 instead (min_areas): MIN_AREA_SHARE of its smallest training component (the AUTO_SHARE-th smallest over the masks),
-which drops specks but keeps every rib. The same choice says how the refine stage treats a class (`refine`):
-around its largest component (one part), one crop per component (2 to REFINE_MAX_PARTS parts), or not at all
-(more parts: 20 separate ribs would make 20 crops an image, each hardly finer than the whole image).
+which drops specks but keeps every rib; LATTICE_AREA_SHARE of it for a class with holes, whose smallest component
+is a whole lattice of ribs (a piece the model did not join can be a single short rib). The same choice says how
+the refine stage treats a class (`refine`): around its largest component (one part), one crop per component
+(2 to REFINE_MAX_PARTS parts), or not at all (more parts: 20 separate ribs would make 20 crops an image, each
+hardly finer than the whole image).
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ AUTO_SHARE = 0.95  # "nearly every image": this share of the images where the cl
 
 REFINE_MAX_PARTS = 4  # most components per image for the refine stage to cut one crop per component
 MIN_AREA_SHARE = 0.05  # a many-part class's minimum component area: this share of its smallest training component
+LATTICE_AREA_SHARE = 0.01  # the same for a class with holes (ribs joined into a lattice)
 
 
 def mask_structure(mask) -> tuple[int, bool, int]:
@@ -137,7 +140,8 @@ def choose_cleanup(structures) -> dict:
     holed = sum(1 for s in present if s[1])
     if parts > AUTO_MAX_PARTS or holed > (1 - AUTO_SHARE) * len(present):
         smallest = sorted((s[2] for s in present if len(s) > 2), reverse=True)
-        min_area = int(MIN_AREA_SHARE * smallest[_share_rank(len(smallest))]) if smallest else None
+        share = LATTICE_AREA_SHARE if holed > (1 - AUTO_SHARE) * len(present) else MIN_AREA_SHARE
+        min_area = int(share * smallest[_share_rank(len(smallest))]) if smallest else None
         return {"parts": parts, "keep_largest": None, "fill_holes": False, "min_area": min_area or None,
                 "refine": refine_mode(parts)}
     return {"parts": parts, "keep_largest": parts, "fill_holes": True, "min_area": None, "refine": refine_mode(parts)}

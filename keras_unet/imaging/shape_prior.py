@@ -13,7 +13,11 @@ The prior (`fit_prior`) keeps, per class and feature, the observed min, max, mea
 training masks where the class is present, and the share of masks where it is. A prediction's deviation
 (`deviation`) is, over the features, the largest distance beyond the observed [min, max] in units of the
 feature's spread (its standard deviation, at least SPREAD_FLOOR of its mean): 0 inside the range, 1 one spread
-beyond it. An empty mask of a class present in nearly every training mask deviates without bound (inf). numpy and
+beyond it. An empty mask of a class present in nearly every training mask deviates without bound (inf).
+
+The model's uncertainty (infer.ranking's class score) has a level of its own per class: a thin clavicle is mostly
+outline, so its score sits higher than a blob's. Training adds each class's scores on its validation images
+(`fit_uncertainty`), and `uncertainty_limit` flags a score above their mean plus UNCERTAIN_Z spreads. numpy and
 OpenCV only.
 """
 
@@ -27,6 +31,7 @@ import numpy as np
 FEATURES = ("area", "parts", "cx", "cy", "length", "thickness")
 SPREAD_FLOOR = 0.1  # a feature's spread is at least this share of its mean (a count that never varies: parts 1)
 EXPECTED_SHARE = 0.95  # a class present in at least this share of the training masks is expected in every image
+UNCERTAIN_Z = 3.0  # spreads above the validation images' mean uncertainty at which a mask counts as uncertain
 PRIOR_VERSION = 1
 
 
@@ -87,3 +92,18 @@ def deviation(features: dict | None, class_prior: dict) -> tuple[float, str]:
         if beyond > worst:
             worst, name = beyond, f
     return float(worst), name
+
+
+def fit_uncertainty(scores_by_class: dict) -> dict:
+    """{class: {"images", "mean", "std", "max"}} of the uncertainty scores of validation images, JSON-ready."""
+    return {name: {"images": len(v), **{k: x for k, x in _summary(v).items() if k != "min"}}
+            for name, v in scores_by_class.items() if len(v)}
+
+
+def uncertainty_limit(class_prior: dict | None, default: float) -> float:
+    """The uncertainty score above which a mask of the class is flagged: its validation mean plus UNCERTAIN_Z
+    spreads (at least SPREAD_FLOOR of the mean), or default when the prior has no such figures."""
+    u = (class_prior or {}).get("uncertainty")
+    if not u:
+        return float(default)
+    return float(u["mean"] + UNCERTAIN_Z * max(u["std"], SPREAD_FLOOR * u["mean"]))

@@ -37,7 +37,7 @@ from keras_unet.train.card import write_model_card
 from keras_unet.train.fit import fit, resume_history
 from keras_unet.train.history import plot_curves, read_history
 from keras_unet.train.pretrain import check_start, list_unlabelled, start_from
-from keras_unet.train.shape import write_shape_prior
+from keras_unet.train.shape import add_uncertainty, write_shape_prior
 from keras_unet.train.selftrain import pseudo_label, pseudo_labelled
 from keras_unet.train.speed import (cpu_flags, fit_figures, precision_choice, read_cpuinfo, record_fit,
                                     resolve_jit_compile)
@@ -356,6 +356,8 @@ def _train_stage(config: Config, out: Path, resuming: bool, start, log, extra_tr
     }
     write_json_atomic(out / METRICS_FILE, result)
     write_model_card(out, config, result, [s.spacing for s in [*train_samples, *val_samples]])
+    if not config.crops.classes:  # the model's uncertainty on the validation images, for the quality flags
+        add_uncertainty(out, load_predictor(out / MODEL_FILE, refine=False), val_samples)
     shutil.rmtree(out / BACKUP_DIR, ignore_errors=True)
     per_class = ", ".join(f"{c} {v:.3f}" for c, v in result["val_dice_per_class"].items())
     log(f"validation Dice {result['val_dice']:.3f} ({per_class}); IoU {result['val_iou']:.3f}; "

@@ -67,7 +67,8 @@ def test_paste_all_takes_the_mean_or_max_where_boxes_overlap():
     np.testing.assert_allclose(mean, expected)
     expected[2:4, 2:4] = 0.8
     np.testing.assert_allclose(crops.paste_all(plane, patches, boxes, "max"), expected)
-    np.testing.assert_array_equal(crops.paste_all(plane, patches[:1], boxes[:1]), crops.paste(plane, patches[0], boxes[0]))
+    one = crops.paste_all(plane, patches[:1], boxes[:1])
+    np.testing.assert_array_equal(one, crops.paste(plane, patches[0], boxes[0]))
     assert (plane == 0.5).all()  # a copy
     with pytest.raises(ValueError, match="overlap"):
         crops.paste_all(plane, patches, boxes, "sum")

@@ -105,8 +105,9 @@ def test_a_class_with_holes_gets_neither():
     ring = blob()
     ring[26:34, 14:22] = 0
     assert mask_structure(ring) == (1, True, 336)
+    # a lattice: 1% of its smallest component (336 px)
     assert choose_cleanup([mask_structure(ring)] * 4) == {"parts": 1, "keep_largest": None, "fill_holes": False,
-                                                          "min_area": 16, "refine": "largest"}
+                                                          "min_area": 3, "refine": "largest"}
 
 
 def test_explicit_user_settings_win():

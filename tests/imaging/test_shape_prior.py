@@ -53,3 +53,13 @@ def test_an_empty_mask_deviates_only_when_the_class_is_expected():
     assert deviation(None, rarely) == (0.0, "")
     never = fit_prior({"c": [np.zeros((5, 5))]})["classes"]["c"]
     assert "features" not in never and deviation(mask_features(bar()), never) == (0.0, "")
+
+
+def test_the_uncertainty_limit_is_the_validation_mean_plus_three_spreads():
+    from keras_unet.imaging.shape_prior import fit_uncertainty, uncertainty_limit
+
+    figures = fit_uncertainty({"thin": [0.2, 0.3, 0.4], "blob": [0.5, 0.5], "none": []})
+    assert set(figures) == {"thin", "blob"} and figures["thin"]["images"] == 3
+    assert uncertainty_limit({"uncertainty": figures["thin"]}, 0.35) == pytest.approx(0.3 + 3 * np.std([0.2, 0.3, 0.4]))
+    assert uncertainty_limit({"uncertainty": figures["blob"]}, 0.35) == pytest.approx(0.5 + 3 * 0.05)  # spread floor
+    assert uncertainty_limit({}, 0.35) == uncertainty_limit(None, 0.35) == 0.35
