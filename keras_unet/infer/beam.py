@@ -329,6 +329,8 @@ def predict_beam(model, source, out, settings, pipeline_args=(), refine: bool = 
     paths, rejected = split_collisions(list_inputs(source))
     out = prepare_output(str(out), overwrite)
     options = list(pipeline_args) + ([f"--runner={runner}"] if runner else [])
+    if not any(a.startswith("--default_sdk_harness_log_level") for a in options):
+        options.append("--default_sdk_harness_log_level=WARNING")  # workers log every bundle at INFO otherwise
     handler = SegmentationHandler(model, out, settings, refine, labelme, classes)
     with beam.Pipeline(options=PipelineOptions(options)) as pipeline:
         build_pipeline(pipeline, paths, rejected, handler)
