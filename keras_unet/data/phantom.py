@@ -21,7 +21,7 @@ from keras_unet.io.files import build_folder, check_out_dir
 from keras_unet.io.labelme import labelme_document
 
 SAMPLE = {"count": 40, "size": 512, "seed": 0}  # the bundled sample: data/sample in a checkout
-SAMPLE_FORMAT = 1  # bump when the generator's output changes
+SAMPLE_FORMAT = 2  # bump when the generator's output changes (2: polygons in Labelme's coordinates)
 REF = 512.0  # size of the reference canvas all anatomy is laid out on
 LABELS = ("left_clavicle", "right_clavicle", "rib")
 SHIFT = 4  # sub-pixel bits for cv2.fillPoly
@@ -323,7 +323,7 @@ def _expose(total: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_phantom(rng: np.random.Generator, size: int = 512) -> tuple[np.ndarray, list[dict]]:
-    """A synthetic chest radiograph (size x size uint8) and its rib and clavicle polygons."""
+    """A synthetic chest radiograph (size x size uint8) and its rib and clavicle polygons (Labelme's coordinates)."""
     sk = _skeleton(rng)
     ribs = _ribs(sk, rng)
     clavicles = {side: _clavicle(sk, rng, side) for side in SIDES}
@@ -343,6 +343,8 @@ def make_phantom(rng: np.random.Generator, size: int = 512) -> tuple[np.ndarray,
     shapes = [{"label": "right_clavicle", "points": clavicles[-1.0].tolist()},
               {"label": "left_clavicle", "points": clavicles[1.0].tolist()}]
     shapes += [{"label": "rib", "points": p.tolist()} for arcs in ribs for p in arcs]
+    # in Labelme's coordinates (pixel i spans i .. i + 1); the image is drawn with pixel centres at whole coordinates
+    shapes = [dict(shape, points=np.round(np.asarray(shape["points"]) + 0.5, 2).tolist()) for shape in shapes]
     return image, shapes
 
 

@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import JSRT_DIR as JSRT
+from conftest import SAMPLE_DIR
+from keras_unet.data.phantom import make_phantom
 from keras_unet.data.rasterize import LABELME_LINE_WIDTH, MAX_RADIUS, rasterize
 from keras_unet.io import labelme
 from keras_unet.io.images import read_image
@@ -197,3 +199,18 @@ def test_every_jsrt_polygon_file_reproduces_its_expert_masks():
             assert scores[-1] >= 0.99, (json_path.name, name, scores[-1])
     print(f"JSRT fold 1: {len(json_files)} images x {len(classes)} classes, Dice vs expert masks "
           f"min {min(scores):.4f} mean {np.mean(scores):.4f}")
+
+
+def test_the_bundled_sample_polygons_are_in_labelmes_coordinates():
+    # the phantom images are drawn with pixel centres at whole coordinates, their polygons written half a pixel on
+    # (Labelme's pixel i spans i .. i + 1): the sample's masks sit on the drawn bones, closer than unshifted ones
+    _, shapes = make_phantom(np.random.default_rng([0, 0]), 512)
+    written = labelme.read_labelme(SAMPLE_DIR / "phantom_000.json").shapes
+    for made, shape in zip(shapes[:2], written[:2]):  # the two clavicles
+        assert shape.label == made["label"]
+        np.testing.assert_allclose(shape.points, made["points"], atol=0.0051)  # written with 2 digits
+        drawn = np.asarray(made["points"]) - 0.5  # as the image was drawn (cv2: pixel centres at whole numbers)
+        reference = cv2.fillPoly(np.zeros((512, 512), np.uint8), [np.round(drawn * 16).astype(np.int32)], 1,
+                                 lineType=cv2.LINE_8, shift=4)
+        unshifted = _plane("polygon", drawn, 512, 512)
+        assert dice(_plane("polygon", shape.points, 512, 512), reference) > dice(unshifted, reference) + 0.01

@@ -68,7 +68,7 @@ def test_the_installed_command_trains_evaluates_predicts_and_exports_outside_the
     env = {**env, "KERAS_UNET_CACHE": str(root / "cache")}
     trained = run([command, "train", "--epochs", "2", "--image-size", "64", "--depth", "2", "--base-filters", "4",
                    "--out", "run"], cwd=work, env=env, timeout=900)
-    sample = root / "cache" / "sample-v1"
+    sample = root / "cache" / "sample-v2"
     assert f"is generated here: {sample}" in trained.stdout
     assert len(list(sample.glob("*.json"))) == 40 and (work / "run" / "model.keras").is_file()
     run([command, "evaluate", "--model", "run", "--data", sample, "--out", "report"], cwd=work, env=env)
