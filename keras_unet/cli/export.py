@@ -1,4 +1,5 @@
-"""Export a trained run's model.keras to SavedModel, TFLite (float32, float16, int8) and ONNX, checked against Keras."""
+"""Export a trained run's model.keras (and its refine stage) to SavedModel, TFLite (float32, float16, int8) and ONNX
+(float32, int8), each checked against Keras."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import sys
 
 from keras_unet.cli.common import add_debug_option, run_main
-from keras_unet.export.options import FORMATS, ExportOptions, parse_formats
+from keras_unet.export.options import DEFAULT_FORMATS, FORMATS, ExportOptions, parse_formats
 
 
 # flag -> (ExportOptions field, type, help); the defaults shown are ExportOptions' own
@@ -23,7 +24,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="export.py", description=__doc__)
     p.add_argument("--model", required=True, help="the run's model.keras (config.json and split.json beside it)")
     p.add_argument("--out", required=True, help="export folder (created; refused if it exists unless --overwrite)")
-    p.add_argument("--formats", default="", help=f"comma-separated: {','.join(FORMATS)} (default: all)")
+    p.add_argument("--formats", default="", help=f"comma-separated: {','.join(FORMATS)} "
+                                                 f"(default: {','.join(DEFAULT_FORMATS)})")
     p.add_argument("--calibration", help="folder of images (or a Labelme / image + masks/ folder) for int8 "
                                          "calibration (default: the run's training images); also used for parity "
                                          "when the run's data is not readable")
@@ -31,6 +33,8 @@ def parse_args(argv):
     for flag, (field, kind, text) in LIMITS.items():
         p.add_argument(flag, type=kind, default=getattr(defaults, field), dest=field, help=f"{text} (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    p.add_argument("--no-refine", action="store_true", help="export the first stage alone when the run has a "
+                                                             "refine stage (default: both, in every format)")
     add_debug_option(p)
     return p.parse_args(argv)
 
@@ -43,7 +47,8 @@ def run(argv) -> int:
 
     options = ExportOptions(formats=parse_formats(args.formats), calibration=args.calibration,
                             calibration_images=args.calibration_images, parity_images=args.parity_images,
-                            int8_dice=args.int8_dice, float_dice=args.float_dice, overwrite=args.overwrite).validate()
+                            int8_dice=args.int8_dice, float_dice=args.float_dice, overwrite=args.overwrite,
+                            refine=not args.no_refine).validate()
     metadata = export_run(args.model, args.out, options)
     print(format_table(metadata))
     failures = parity_failures(metadata)

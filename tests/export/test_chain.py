@@ -73,7 +73,7 @@ def test_every_runtime_runs_the_chain_as_the_run_folder_does(chain_exported, ref
             np.testing.assert_array_equal(masks, want)
 
 
-def test_evaluate_on_the_export_folder_scores_as_the_run(chain_exported, refine_run, tmp_path):
+def test_evaluate_and_predict_on_the_export_folder_as_on_the_run(chain_exported, refine_run, tmp_path):
     from keras_unet.cli import evaluate as evaluate_cli
     from keras_unet.config import load_config
 
@@ -86,6 +86,14 @@ def test_evaluate_on_the_export_folder_scores_as_the_run(chain_exported, refine_
     for c in CLASSES:
         assert scores["export"]["metrics"][c]["dice"]["mean"] == pytest.approx(
             scores["keras"]["metrics"][c]["dice"]["mean"], abs=1e-6)
+    from keras_unet.cli import predict as predict_cli
+    from keras_unet.infer.load import load_predictor
+
+    image = Path(data) / "images" / "s12.png"
+    assert predict_cli.main(["--model", str(out), "--input", str(image), "--out", str(tmp_path / "masks")]) == 0
+    want = load_predictor(refine_run).segment(cv2.imread(str(image), cv2.IMREAD_UNCHANGED))[1]
+    for c, name in enumerate(CLASSES):
+        np.testing.assert_array_equal(cv2.imread(str(tmp_path / "masks" / name / "s12.png"), 0), want[..., c] * 255)
 
 
 def test_edge_runner_runs_the_chain_without_tensorflow(chain_exported, refine_run, tmp_path):

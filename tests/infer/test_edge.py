@@ -130,3 +130,28 @@ def test_command_line_writes_masks(exported, tiny_run, tmp_path):
         written = cv2.imread(str(tmp_path / "masks" / name / "s12.png"), cv2.IMREAD_UNCHANGED)
         np.testing.assert_array_equal(written, expected[..., c] * 255)
         assert (tmp_path / "masks" / name / "s13.png").is_file()
+
+
+def test_threads_reach_the_runtimes(exported):
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("onnxruntime")
+    from keras_unet.cli.edge import parse_args
+    from keras_unet.infer.edge import EdgeSegmenter
+    from keras_unet.infer.runtimes import default_threads
+
+    out, _ = exported
+    assert parse_args(["--model", "m.tflite", "--input", "x.png", "--out", "o", "--threads", "1"]).threads == 1
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "m.tflite", "--input", "x.png", "--out", "o", "--threads", "0"])
+    for name in ("model_int8.tflite", "model.onnx"):
+        one, every = EdgeSegmenter(out / name, num_threads=1), EdgeSegmenter(out / name)
+        assert one.network.__self__.num_threads == 1 and every.threads == default_threads()
+        assert every.network.__self__.num_threads == default_threads() and not one.refined
+    session = EdgeSegmenter(out / "model.onnx", num_threads=1).network.__self__.session
+    assert session.get_session_options().intra_op_num_threads == 1
+    assert session.get_session_options().graph_optimization_level.name == "ORT_ENABLE_ALL"
+    batch = np.zeros((2, SIZE, SIZE, 1), np.float32)  # the TTA pair: one call of a LiteRT interpreter resized to 2
+    model = EdgeSegmenter(out / "model.tflite", num_threads=1).network.__self__
+    assert model.predict(batch).shape == (2, SIZE, SIZE, len(CLASSES)) and model.input["shape"][0] == 1
+    assert tuple(model.interpreter.get_input_details()[0]["shape"]) == (2, SIZE, SIZE, 1)
+    np.testing.assert_allclose(model.predict(batch[:1]), model.predict(batch)[:1], atol=1e-6)  # and back to 1
