@@ -29,7 +29,7 @@ def read_metadata(path) -> tuple[dict, Config]:
         values = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found; keep the export's metadata.json beside the model") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deeply
         raise ConfigError(f"{path}: cannot read metadata ({first_line(exc)})") from None
     if not isinstance(values, dict) or not isinstance(values.get("config"), dict):
         raise ConfigError(f"{path}: metadata has no \"config\" mapping of run settings")

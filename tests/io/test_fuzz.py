@@ -254,3 +254,13 @@ def test_dicom_fields_of_absurd_values_give_an_image_or_our_error(tmp_path, fiel
         images.read_spacing(path)
     except KerasUnetError as error:
         assert str(error).startswith(f"{path}: ")
+
+
+def test_an_export_metadata_nested_too_deeply_is_one_line(tmp_path):
+    from keras_unet.errors import ConfigError
+    from keras_unet.infer.load import read_metadata
+
+    path = _write(tmp_path, '{"config": ' + "[" * 100_000 + "]" * 100_000 + "}").rename(tmp_path / "metadata.json")
+    with pytest.raises(ConfigError) as error:
+        read_metadata(path)
+    assert str(error.value).startswith(f"{path}: cannot read metadata (maximum recursion depth exceeded")
