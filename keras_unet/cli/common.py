@@ -47,7 +47,7 @@ def run_main(main, argv=None) -> int:
         except Exception as exc:  # a full disk met by a writer of a library (TensorBoard, h5py, a CSV logger)
             if debug or not is_disk_full(exc):
                 raise
-            print(f"error: {disk_full_message(exc)}", file=sys.stderr)
+            print(f"error: {disk_full_message(exc, args)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
@@ -86,14 +86,20 @@ def quiet_tensorflow():
             os.environ["TF_CPP_MIN_LOG_LEVEL"] = level
 
 
-def disk_full_message(exc) -> str:
-    """The one line for a 'no space left on device' raised outside the toolkit's own atomic writes."""
+def disk_full_message(exc, args=()) -> str:
+    """The one line for a 'no space left on device' raised outside the toolkit's own atomic writes: the file's folder
+    when the error names it, else the command's --out folder."""
     error = exc
     while error is not None and not (isinstance(error, OSError) and error.filename):
         error = error.__cause__ or error.__context__
     if error is not None:
         return str(DiskFullError(error.filename))
-    return f"no space left on the disk ({first_line(exc)}); free some space and run the same command again"
+    args = list(args)
+    outs = [value.split("=", 1)[1] if value.startswith("--out=") else args[i + 1]
+            for i, value in enumerate(args) if value.startswith("--out=") or (value == "--out" and i + 1 < len(args))]
+    where = f"{outs[-1]}: " if outs else ""
+    return (f"{where}no space left on the disk ({first_line(exc)}); free some space and run the same command again "
+            "(finished files are kept as they were)")
 
 
 class _QuietImport(importlib.abc.MetaPathFinder):

@@ -188,6 +188,16 @@ def test_a_full_disk_met_by_another_library_is_one_line(tmp_path, capsys):
     assert err.startswith(f"error: {tmp_path / 'run' / 'logs'}: no space left on the disk: writing events.out ")
 
 
+def test_a_full_disk_without_a_file_name_names_the_out_folder(tmp_path, capsys):
+    def main(argv):
+        raise RuntimeError("flush failed") from OSError(errno.ENOSPC, "No space left on device")
+
+    assert run_main(main, ["--data", "d", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'run'}: no space left on the disk (flush failed); free "
+                                       "some space and run the same command again (finished files are kept as they "
+                                       "were)\n")
+
+
 @pytest.mark.slow
 def test_train_py_on_a_full_disk_stops_keeps_the_last_model_and_resumes(tmp_path):
     """A real training whose disk fills after its first checkpoint; the rerun finishes the planned epochs."""
@@ -208,7 +218,7 @@ def test_train_py_on_a_full_disk_stops_keeps_the_last_model_and_resumes(tmp_path
         run = where / "run"
         command = [sys.executable, "train.py", "--data", str(data), "--out", str(run), "--cache-dir",
                    str(tmp_path / "cache"), "--image-size", "64", "--depth", "2", "--base-filters", "4",
-                   "--batch-size", "2", "--epochs", "4", "--checkpoint", "last"]
+                   "--batch-size", "2", "--epochs", "2", "--checkpoint", "last"]
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
         proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                 env=env)
@@ -231,6 +241,6 @@ def test_train_py_on_a_full_disk_stops_keeps_the_last_model_and_resumes(tmp_path
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         assert "resuming" in done.stdout
-        assert len((run / "history.csv").read_text().strip().splitlines()) == 1 + 4
+        assert len((run / "history.csv").read_text().strip().splitlines()) == 1 + 2
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
