@@ -181,8 +181,8 @@ def test_strategy_is_multi_worker_with_tf_config_mirrored_over_gpus_else_the_def
                 built.append(name)
         return Stub
 
-    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", stub("multi-worker"))
     monkeypatch.setattr(tf.distribute, "MirroredStrategy", stub("mirrored"))
+    monkeypatch.setattr(run, "multi_worker_strategy", lambda cluster: built.append(("multi-worker", cluster.index)))
     monkeypatch.delenv("TF_CONFIG", raising=False)
     default = tf.distribute.get_strategy()  # the one-device strategy outside any scope
     for gpus in (0, 1):
@@ -191,12 +191,15 @@ def test_strategy_is_multi_worker_with_tf_config_mirrored_over_gpus_else_the_def
     monkeypatch.setattr(run, "gpu_count", lambda: 2)
     assert type(run.select_strategy()).__name__ == "Stub" and built == ["mirrored"]
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker",
-                                                                                                 "index": 0}}))
-    for gpus in (0, 2):  # a cluster wins over the local GPUs
+                                                                                                 "index": 1}}))
+    for gpus in (0, 2):  # a cluster wins over the local GPUs (train.distributed makes its strategy)
         built.clear()
         monkeypatch.setattr(run, "gpu_count", lambda gpus=gpus: gpus)
         run.select_strategy()
-        assert built == ["multi-worker"], gpus
+        assert built == [("multi-worker", 1)], gpus
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ConfigError, match="TF_CONFIG: not valid JSON"):
+        run.select_strategy()
 
 
 def test_cosine_schedule_starts_at_the_learning_rate_and_ends_at_five_percent_of_it():
