@@ -238,22 +238,33 @@ def mask_to_polygons(mask, min_area: int = 10, epsilon: float = 0.5, offset: flo
 
     The vertices are boundary pixel centres, simplified by Douglas-Peucker (epsilon pixels, 0 = none), plus offset:
     0.5 gives Labelme's coordinates (pixel i spans i .. i + 1), where the outline is drawn through the pixel centres
-    and rasterises back to the same pixels. min_dice: a component whose simplified outline fills less than this Dice
-    of its traced outline (small, round ones) is simplified again with 0.7 times the tolerance, down to none."""
+    and rasterises back to the same pixels. min_dice: a component whose simplified outline, filled as Labelme fills
+    it (Pillow), has less than this Dice with the component's filled outline (small or thin ones) is simplified
+    again with 0.7 times the tolerance, down to none."""
+    from PIL import Image, ImageDraw
+
     m = remove_small(mask, min_area)
     contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     polygons = []
     for contour in contours:
-        tolerance = epsilon
         x, y, w, h = cv2.boundingRect(contour)
-        traced = cv2.fillPoly(np.zeros((h, w), np.uint8), [contour - (x, y)], 1) if min_dice > 0 else None
+
+        def filled(points):
+            canvas = Image.new("L", (w, h), 0)
+            ImageDraw.Draw(canvas).polygon([tuple(p) for p in (points.reshape(-1, 2) - (x, y)).tolist()], fill=1,
+                                           outline=1)
+            return np.asarray(canvas, dtype=bool)
+
+        traced = filled(contour) if min_dice > 0 and len(contour) >= 3 else None
+        tolerance = epsilon
         while True:
             simple = cv2.approxPolyDP(contour, tolerance, True) if tolerance > 0 else contour
             if traced is None or tolerance <= 0:
                 break
-            filled = cv2.fillPoly(np.zeros_like(traced), [simple - (x, y)], 1)
-            if 2.0 * np.count_nonzero(filled & traced) / (np.count_nonzero(filled) + np.count_nonzero(traced)) >= min_dice:
-                break
+            if len(simple) >= 3:
+                shape = filled(simple)
+                if 2.0 * np.count_nonzero(shape & traced) / (shape.sum() + traced.sum()) >= min_dice:
+                    break
             tolerance = tolerance * 0.7 if tolerance > 0.25 else 0.0
         if len(simple) >= 3:
             polygons.append(simple.reshape(-1, 2).astype(np.float64) + offset)

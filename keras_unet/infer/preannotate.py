@@ -33,7 +33,7 @@ POLYGON_EPSILON = 1.0  # pixels of the image; Douglas-Peucker tolerance of the o
 LABELME_OFFSET = 0.5  # added to pixel indices: Labelme's pixel i spans the coordinates i .. i + 1
 
 
-OUTLINE_DICE = 0.99  # a component simplified below this Dice of its traced outline is simplified less
+OUTLINE_DICE = 0.985  # a component simplified below this Dice of its traced outline is simplified less
 
 
 def labelme_polygons(mask) -> list[np.ndarray]:
