@@ -190,6 +190,16 @@ def lock_owner(path) -> str:
         return ""
 
 
+def _open_lock(path: Path) -> int:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as error:
+        if is_disk_full(error):
+            raise DiskFullError(path) from None
+        raise DataError(path, f"cannot create the lock file ({error.strerror or error})") from None
+
+
 @contextmanager
 def hold_lock(path, what: str = "another process holds this folder", wait: bool = False, on_wait=None):
     """Hold an exclusive lock file (fcntl.flock) that says which process holds it; removed on release.
@@ -203,9 +213,8 @@ def hold_lock(path, what: str = "another process holds this folder", wait: bool 
         yield
         return
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = _open_lock(path)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
