@@ -69,8 +69,11 @@ class Batch:
         else:
             check_out_dir(out, False, allowed=(OUT_LOCK,))
         remove_temporaries(out)  # a killed run's unfinished files (never under an output's own name)
+        torn = journal.is_file() and not journal.read_bytes().endswith(b"\n")  # killed mid-line: end that line
         fresh = not journal.exists()
         self._journal = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        if torn:
+            os.write(self._journal, b"\n")
         if fresh:
             self._append({"command": self.command, "settings": self.settings})
 

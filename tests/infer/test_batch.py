@@ -2,6 +2,7 @@
 continues where it stopped, never counting a half-finished image as done; --overwrite redoes all; summary.csv."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 
 from helpers import CLASSES, identity_predictor
 from keras_unet.errors import ConfigError
-from keras_unet.infer import predict, ranking
+from keras_unet.infer import batch, predict, ranking
 from keras_unet.io.files import LockedError
 from keras_unet.run_folder import OUT_LOCK, PROGRESS_FILE, SUMMARY_FILE
 from labelme_factory import write_image
@@ -58,18 +59,26 @@ def test_stopped_mid_image_then_rerun_does_only_the_rest(folder, tmp_path, monke
     assert sorted(_summary(out)) == ["img_0.png", "img_1.png", "img_2.png"]  # what the stopped run had finished
     with open(out / PROGRESS_FILE, "ab") as journal:
         journal.write(b'{"image": "torn by a kil')  # a kill in the middle of a journal line
+    with pytest.raises(KeyboardInterrupt):  # stopped again: the journal must keep what follows the torn line
+        _counting(monkeypatch, predict, "save_rgb", stop_at=2)
+        predict.predict_folder(predictor, folder, out, progress=False, log=lambda _: None)
+    monkeypatch.undo()
+    assert sorted(batch.read_progress(out)[1]) == [str(folder / f"img_{i}.png") for i in range(4)]
     (out / CLASSES[0] / ".img_5.png.999.0123abcd.tmp").write_bytes(b"half")  # a killed write's temporary file
     monkeypatch.undo()
     calls = _counting(monkeypatch, predict, "predict_image")
     lines = []
     result = predict.predict_folder(predictor, folder, out, progress=False, log=lines.append)
-    assert [os.path.basename(c[1]) for c in calls] == ["img_3.png", "img_4.png", "img_5.png"]
-    assert result["written"] == 3 and result["earlier"] == 3 and result["failed"] == []
-    assert lines[-1].startswith(f"3 image(s) segmented into {out}; 3 done by an earlier run")
+    assert [os.path.basename(c[1]) for c in calls] == ["img_4.png", "img_5.png"]
+    assert result["written"] == 2 and result["earlier"] == 4 and result["failed"] == []
+    assert lines[-1].startswith(f"2 image(s) segmented into {out}; 4 done by an earlier run")
     summary = _summary(out)
     assert len(summary) == COUNT and {row["status"] for row in summary.values()} == {"done"}
     assert summary["img_0.png"]["reason"] == "by an earlier run" and summary["img_4.png"]["reason"] == ""
+    assert summary["img_3.png"]["reason"] == "by an earlier run"  # done by the second, stopped, run
     assert not list(out.rglob("*.tmp"))
+    assert [json.loads(line)["image"] for line in (out / PROGRESS_FILE).read_text().splitlines()[1:]] == [
+        str(folder / f"img_{i}.png") for i in range(COUNT)]  # the journal, compacted: one line per image
     for i in range(COUNT):
         assert all((out / name / f"img_{i}.png").is_file() for name in [*CLASSES, "overlays"])
     calls.clear()
