@@ -115,7 +115,8 @@ class RefineConfig:
     jitter: float = 0.1
     # classes of several parts, cut one crop per component (of at least their postprocess min area) instead of
     # around the largest; "auto": those of 2 to REFINE_MAX_PARTS parts (imaging.postprocess.choose_cleanup), and
-    # with classes empty, a class of more parts (separate ribs) is not refined at all; training writes the choice
+    # with classes empty, a class of more parts (separate ribs) or of parts spanning half the image is not refined
+    # at all; training writes the choice
     components: object = "auto"
     overlap: str = "mean"  # see CropConfig
     # inference only, read from the whole-image run's refine section (change it in RUN/config.json, no retraining):

@@ -45,9 +45,9 @@ def structures(images: int = 4) -> dict:
 
 
 def test_hand_made_masks_are_what_the_tests_say():
-    assert mask_structure(blob()) == (1, False, 400)
-    assert mask_structure(bars()) == (5, False, 120)  # 5 parts of 3 x 40 px, no holes: the gaps open to the border
-    assert mask_structure(np.zeros((4, 4))) == (0, False, 0)
+    assert mask_structure(blob()) == (1, False, 400, 20 / 64)  # the largest part spans 20 of the image's 64 px
+    assert mask_structure(bars()) == (5, False, 120, 40 / 64)  # 5 parts of 3 x 40 px, no holes: gaps open to the border
+    assert mask_structure(np.zeros((4, 4))) == (0, False, 0, 0.0)
 
 
 def test_single_blob_gets_keep_largest_and_fill_the_bars_neither():
@@ -93,7 +93,7 @@ def test_bars_keep_their_gaps_with_the_chosen_settings():
 def test_nearly_every_image_decides_the_count():
     split = blob()
     split[29:31, :] = 0  # the square in two pieces
-    assert mask_structure(split) == (2, False, 180)
+    assert mask_structure(split) == (2, False, 180, 20 / 64)
     assert choose_cleanup([mask_structure(blob())] * 19 + [mask_structure(split)])["keep_largest"] == 1  # 1 in 20
     assert choose_cleanup([mask_structure(blob())] * 8 + [mask_structure(split)] * 2)["keep_largest"] == 2  # 2 in 10
     assert choose_cleanup([(1, False)] + [(0, False)] * 30)["keep_largest"] == 1  # images without it do not count
@@ -104,7 +104,7 @@ def test_nearly_every_image_decides_the_count():
 def test_a_class_with_holes_gets_neither():
     ring = blob()
     ring[26:34, 14:22] = 0
-    assert mask_structure(ring) == (1, True, 336)
+    assert mask_structure(ring) == (1, True, 336, 20 / 64)
     # a lattice: 1% of its smallest component (336 px)
     assert choose_cleanup([mask_structure(ring)] * 4) == {"parts": 1, "keep_largest": None, "fill_holes": False,
                                                           "min_area": 3, "refine": "largest"}
@@ -163,7 +163,7 @@ def test_mask_structures_reads_only_the_given_samples(tmp_path):
     train, val = load_samples(config, log=lambda *a: None)
     found = mask_structures(train, CLASSES)
     assert len(found["blob"]) == len(train) == 3 and len(val) == 2
-    assert set(found["bars"]) == {(5, False, 120)}
+    assert set(found["bars"]) == {(5, False, 120, 40 / 64)}
 
 
 def test_an_old_config_json_loads_and_fills_every_class_as_before():
@@ -187,9 +187,12 @@ def test_the_refine_stage_per_class_from_the_part_counts():
     from keras_unet.config import RefineConfig
     from keras_unet.imaging.postprocess import auto_refine
 
-    pair = [(2, False, 50)] * 4  # both lungs in one channel
+    pair = [(2, False, 50, 0.3)] * 4  # both lungs in one channel
     found = {**structures(), "pair": pair}
     assert [choose_cleanup(found[n])["refine"] for n in ("blob", "pair", "bars")] == ["largest", "components", "skip"]
+    # parts spanning half the image or more in the median mask (the sample's rib lattices): a crop is no finer
+    assert choose_cleanup([(2, True, 9000, 0.8)] * 3 + [(2, True, 9000, 0.3)] * 2)["refine"] == "skip"
+    assert choose_cleanup([(1, False, 400, 0.49)] * 3)["refine"] == "largest"
     chosen = auto_refine(RefineConfig(enabled=True), found)
     assert (chosen.classes, chosen.components, chosen.enabled) == (["blob", "pair"], ["pair"], True)
     mine = auto_refine(RefineConfig(enabled=True, classes=["bars"]), found)  # the user's list: bars per component
