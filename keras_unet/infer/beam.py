@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_unet.errors import ConfigError, DataError, KerasUnetError
+from keras_unet.errors import ConfigError, DataError, KerasUnetError, first_line
 from keras_unet.imaging.postprocess import count_components
 from keras_unet.infer.load import load_predictor
 from keras_unet.infer.predict import predict_image
@@ -92,7 +92,7 @@ def read_file(path: str) -> bytes:
         with FileSystems.open(path) as f:
             return f.read()
     except Exception as exc:  # BeamIOError, and whatever a filesystem's client raises
-        raise DataError(path, f"cannot read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise DataError(path, f"cannot read ({type(exc).__name__}: {first_line(exc)[:200]})") from None
 
 
 def _images_matching(pattern: str) -> list[str]:
@@ -105,9 +105,9 @@ def _images_matching(pattern: str) -> list[str]:
 def read_list(path: str) -> list[str]:
     """The image paths a list file names, one a line (blank lines and `#` comments skipped)."""
     text = read_file(path).decode("utf-8", "replace")
-    folder = os.path.dirname(path) if is_local(path) else path.rstrip("/").rsplit("/", 1)[0]
+    folder = os.path.dirname(path) if is_local(path) else FileSystems.split(path)[0]
     entries = [line.strip() for line in text.splitlines()]
-    paths = [e if not is_local(e) or os.path.isabs(e) else os.path.join(folder, e)
+    paths = [e if not is_local(e) or os.path.isabs(e) else join(folder, *e.split("/"))
              for e in entries if e and not e.startswith("#")]
     if not paths:
         raise DataError(path, "list file names no images")

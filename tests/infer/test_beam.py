@@ -60,7 +60,8 @@ if kb.beam is not None:
             return posixpath.join(base, *paths)
 
         def split(self, path):
-            return posixpath.split(path)
+            head, tail = posixpath.split(path[len(SCHEME) + 3:])
+            return f"{SCHEME}://{head}", tail
 
         def has_dirs(self):
             return True
@@ -117,6 +118,11 @@ def _sample(folder: Path, stems=STEMS, broken: bool = True) -> Path:
     if broken:
         (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     return folder
+
+
+def _png_names(stems) -> list[str]:
+    """The sample images' file names."""
+    return [f"{stem}.png" for stem in stems]
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -251,13 +257,17 @@ def test_other_artefacts_match_predict_py(artefact, classes, tmp_path):
 @needs_beam
 @pytest.mark.slow
 def test_images_and_outputs_on_another_filesystem(tmp_path, monkeypatch):
-    """Input and --out on a Beam filesystem that is not this machine's: the same masks, staged through a temporary
-    folder; the Labelme files name the image by its file name; the CSVs land there too."""
+    """A list file, its images and --out on a Beam filesystem that is not this machine's: the same masks, staged
+    through a temporary folder; the Labelme files name the image by its file name; the CSVs land there too; an
+    image that is not there is an errors row."""
     monkeypatch.setattr(FolderFileSystem, "ROOT", str(tmp_path))
     model = FIXTURE / "export" / "model.tflite"
     inputs = _sample(tmp_path / "in", stems=STEMS[:2])
     predict_folder(load_predictor(model), inputs, tmp_path / "local", labelme=True, progress=False, log=lambda _: None)
-    assert _run("--runner", "beam", "--model", model, "--input", f"{SCHEME}://in", "--out", f"{SCHEME}://beam",
+    listed = ["in/phantom_000.png", "in/phantom_001.png", f"{SCHEME}://in/broken.png", "in/gone.png"]
+    (tmp_path / "todo.txt").write_text("\n".join(listed) + "\n")
+    assert kb.list_inputs(f"{SCHEME}://in") == [f"{SCHEME}://in/{n}" for n in ("broken.png", *_png_names(STEMS[:2]))]
+    assert _run("--runner", "beam", "--model", model, "--input", f"{SCHEME}://todo.txt", "--out", f"{SCHEME}://beam",
                 "--labelme") == 1
     beam_files, local_files = _outputs(tmp_path / "beam"), _outputs(tmp_path / "local")
     assert sorted(beam_files) == sorted(local_files)
@@ -269,4 +279,6 @@ def test_images_and_outputs_on_another_filesystem(tmp_path, monkeypatch):
             assert data == local_files[name], name
     rows = _read_csv(tmp_path / "beam" / kb.FIGURES_FILE)
     assert sorted({r["image"] for r in rows}) == [f"{SCHEME}://in/{s}.png" for s in STEMS[:2]]
-    assert [e["image"] for e in _read_csv(tmp_path / "beam" / kb.ERRORS_FILE)] == [f"{SCHEME}://in/broken.png"]
+    errors = {e["image"]: e["error"] for e in _read_csv(tmp_path / "beam" / kb.ERRORS_FILE)}
+    assert sorted(errors) == [f"{SCHEME}://in/broken.png", f"{SCHEME}://in/gone.png"]
+    assert errors[f"{SCHEME}://in/gone.png"].startswith(f"{SCHEME}://in/gone.png: cannot read (")
