@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,8 +33,9 @@ from keras_unet.model.saving import load_model
 from keras_unet.model.unet import model_from_config
 from keras_unet.run_folder import (BACKUP_DIR, CONFIG_FILE, CURVES_FILE, FIT_DONE, HISTORY_FILE, LOGS_DIR,
                                    METRICS_FILE, MODEL_FILE, PSEUDO_DIR, REFINE_DIR, RUN_LOCK, SKIPPED_FILE, SPLIT_FILE)
-from keras_unet.train.callbacks import BestCheckpoint, EpochClock
+from keras_unet.train.callbacks import BestCheckpoint, EpochClock, epoch_summaries
 from keras_unet.train.card import write_model_card
+from keras_unet.train.distributed import is_distributed, multi_worker_strategy, read_tf_config, worker_shard
 from keras_unet.train.fit import fit, resume_history
 from keras_unet.train.history import plot_curves, read_history
 from keras_unet.train.pretrain import check_start, list_unlabelled, start_from
@@ -59,9 +61,11 @@ def precision_decision(precision: str):
 
 
 def select_strategy() -> tf.distribute.Strategy:
-    """Multi-worker when TF_CONFIG is set, mirrored over several GPUs, else the default one-device strategy."""
-    if os.environ.get("TF_CONFIG"):
-        return tf.distribute.MultiWorkerMirroredStrategy()
+    """Multi-worker when TF_CONFIG is set (train.distributed: bounded wait for the other workers), mirrored over
+    several GPUs, else the default one-device strategy."""
+    cluster = read_tf_config()
+    if cluster is not None:
+        return multi_worker_strategy(cluster)
     if gpu_count() > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
@@ -146,6 +150,7 @@ def compile_model(config: Config, steps_per_epoch: int, model: keras.Model | Non
         config.learning_rate, decay_steps=max(1, config.epochs * steps_per_epoch), alpha=0.05)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=get_loss(config.loss),
                   metrics=segmentation_metrics(config.outputs()), jit_compile=jit_compile)
+    model.optimizer.build(model.trainable_variables)  # built here, fit traces its step once, not twice
     return model
 
 
@@ -176,17 +181,19 @@ def set_prior_bias(model, fractions, floor: float = 1e-4) -> None:
     layer.bias.assign(np.log(share / (1.0 - share)).astype(layer.bias.dtype))
 
 
-def _fit(model, train_ds, val_ds, config: Config, out: Path, best: float, append: bool, steps: int = 0) -> None:
+def _fit(model, train_ds, val_ds, config: Config, out: Path, best: float, append: bool, steps: int = 0,
+         strategy=None, finished: bool = False) -> None:
     """fit() with the run's callbacks: the model kept, TensorBoard logs and early stopping; the epochs' seconds
     go to the speed cache (what jit_compile "auto" decides from next time)."""
     clock = EpochClock()
     callbacks = [BestCheckpoint(out / MODEL_FILE, best=best, keep=config.checkpoint),
-                 keras.callbacks.TensorBoard(str(out / LOGS_DIR), write_graph=False, profile_batch=0), clock]
+                 epoch_summaries(keras.callbacks.TensorBoard(str(out / LOGS_DIR), write_graph=False, profile_batch=0)),
+                 clock]
     if config.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_dice", mode="max", patience=config.early_stopping, verbose=1))
     fit(model, train_ds, config.epochs, out, out / HISTORY_FILE, append, val_ds=val_ds, callbacks=callbacks,
-        advice=f"the learning rate ({config.learning_rate}) is likely too high, or the data holds broken "
+        strategy=strategy, steps=steps, batch_size=config.batch_size, finished=finished, advice=f"the learning rate ({config.learning_rate}) is likely too high, or the data holds broken "
                "images/masks. The last good model is kept.")
     record_fit(config, bool(getattr(model, "jit_compile", False)), fit_figures(clock.epochs, clock.train, steps))
 
@@ -206,17 +213,30 @@ def train(config: Config, overwrite: bool = False, log=print) -> dict:
     train_samples, _ = load_samples(config, log=None, bad=[], require_pixels=True)  # and classes without a pixel
     config = resolve_postprocess(config, log, train_samples)  # per-class keep_largest and fill_holes from them
     out = Path(config.out)
+    cluster = read_tf_config()  # a TF_CONFIG that does not parse fails here, in one line
+    if cluster is not None and config.pretrain_data:
+        raise ConfigError("--pretrain does not run on several workers (TF_CONFIG): pretrain on one machine, then "
+                          "start the workers with --init-weights RUN/pretrain/body.weights.npz")
+    if cluster is not None and not cluster.is_chief:  # another worker: the chief alone writes the run folder
+        return _train_privately(config, cluster, start, log)
     with run_lock(out):  # a second training pointed at this --out refuses, naming this process
         return _train_run(config, out, start, overwrite, log)
 
 
 def run_lock(out: Path):
     """The run folder's lock file, held while a training writes it; a multi-worker cluster's chief holds it alone."""
-    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task, cluster = tf_config.get("task") or {}, tf_config.get("cluster") or {}
-    if task and (task.get("type"), int(task.get("index", 0))) != ("chief" if "chief" in cluster else "worker", 0):
+    cluster = read_tf_config()
+    if cluster is not None and not cluster.is_chief:
         return contextlib.nullcontext()
     return hold_lock(out / RUN_LOCK, "another training is writing this run folder")
+
+
+def _train_privately(config: Config, cluster, start, log) -> dict:
+    """train() on a worker other than the chief: the same stages in a private temporary folder, removed after."""
+    with tempfile.TemporaryDirectory(prefix=f"keras_unet_{cluster.task_type}{cluster.index}_") as private:
+        log(f"{cluster.name} of {cluster.size}: trains with the chief, which writes {config.out}; "
+            f"this worker's own files go to {private} (removed at the end)")
+        return _train_run(dataclasses.replace(config, out=private), Path(private), start, False, log)
 
 
 def _train_run(config: Config, out: Path, start, overwrite: bool, log) -> dict:
@@ -322,6 +342,14 @@ def _train_stage(config: Config, out: Path, resuming: bool, start, log, extra_tr
                 f"{c} {f:.4f}" for c, f in zip(config.outputs(), fractions)))
         train_ds = make_dataset(train_samples, config, training=True, items=items)
         val_ds = make_dataset(val_samples, config, training=False)
+        distributed = is_distributed(strategy)
+        if distributed:  # each worker reads its share of the files (train.distributed)
+            def train_ds(context, batch):
+                return make_dataset(worker_shard(train_samples, context), config, training=True, batch_size=batch,
+                                    items=None if items is None else worker_shard(items, context))
+
+            def val_shard(context, batch):
+                return make_dataset(worker_shard(val_samples, context), config, training=False, batch_size=batch)
         history_path = out / HISTORY_FILE
         backup = out / BACKUP_DIR
         fit_done = resuming and (backup / FIT_DONE).exists()
@@ -330,8 +358,9 @@ def _train_stage(config: Config, out: Path, resuming: bool, start, log, extra_tr
         if best != best:  # NaN
             best = -math.inf
         start = time.time()
-        if not fit_done:
-            _fit(model, train_ds, val_ds, config, out, best, resuming and history_path.exists(), steps)
+        if not fit_done or distributed:  # every worker enters the loop: the chief tells the others where it was
+            _fit(model, train_ds, val_shard if distributed else val_ds, config, out, best,
+                 resuming and history_path.exists(), steps, strategy, fit_done)
             (backup / FIT_DONE).parent.mkdir(exist_ok=True)
             (backup / FIT_DONE).write_text("fit() ended normally\n")
         elapsed = time.time() - start
