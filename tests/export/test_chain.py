@@ -150,3 +150,17 @@ def test_the_other_quantisation_schemes_export_both_stages(refine_run, tmp_path)
     ops = TFLiteModel(tmp_path / "e" / "model_int8_head.tflite").interpreter._get_ops_details()
     assert "LOGISTIC" in {op["op_name"] for op in ops}  # the head runs in float, after a DEQUANTIZE
     assert "DEQUANTIZE" in {op["op_name"] for op in ops} and "QUANTIZE" in {op["op_name"] for op in ops}
+
+
+def test_edge_benchmark_runs_the_chain_on_one_core(chain_exported):
+    out, _ = chain_exported
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "edge.py"), "--export", str(out), "--reps", "2",
+                             "--cores", "1", "--formats", "tflite_int8"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    timed = [line for line in lines if line.startswith("tflite_int8 ")]
+    assert len(timed) == 2 and all("both stages" in line and "TensorFlow LOADED" not in line for line in timed)
+    assert all("first_stage" in line and "refine_stage" in line and "write" in line for line in timed)
+    ratios = {line.split()[1]: float(line.split()[2]) for line in lines if line.startswith("ratio ")}
+    assert set(ratios) == {"budget_100ms_tflite_int8_1core_tta_off", "budget_100ms_cpu_tflite_int8_1core_tta_off",
+                           "rss_budget_150mb_tflite_int8"} and all(v > 0 for v in ratios.values())
