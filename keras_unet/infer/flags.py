@@ -75,9 +75,15 @@ class FlagRecorder:
             self.rows.append({"image": Path(path).name, "class": name, **row})
 
     def write(self, out) -> Path:
-        """Write OUT/flags.csv, the riskiest mask first; returns its path."""
+        """Write OUT/flags.csv, the riskiest mask first, keeping the rows of images an earlier, interrupted run of
+        the same folder flagged and this one did not redo; returns its path."""
         path = Path(out) / FLAGS_FILE
-        write_bytes_atomic(path, flags_csv(self.rows).encode())
+        done = {row["image"] for row in self.rows}
+        earlier = []
+        if path.is_file():
+            earlier = [{**row, "risk": float(row["risk"])} for row in csv.DictReader(io.StringIO(path.read_text()))
+                       if row.get("image") not in done]
+        write_bytes_atomic(path, flags_csv(earlier + self.rows).encode())
         return path
 
 

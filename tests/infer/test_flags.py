@@ -87,3 +87,16 @@ def test_predict_writes_a_flag_per_image_and_class(blob_run, tmp_path):  # noqa:
     assert {r["flag"] for r in rows[3:] if r["class"] == "left_clavicle"} == {"ok"}  # the brightest blob: sure
     assert images.read_image(out / "rib" / "empty.png").max() == 0
     assert [float(r["risk"]) for r in rows] == sorted((float(r["risk"]) for r in rows), reverse=True)
+
+
+def test_a_restart_keeps_the_flags_of_the_images_done_before(tmp_path):
+    from keras_unet.infer.flags import FlagRecorder
+
+    first = FlagRecorder(SimpleNamespace(source=str(tmp_path / "model.keras")), prior={"classes": {}})
+    first.rows = [{"image": "a.png", "class": "c", **mask_flag(0.7, None, None)},
+                  {"image": "b.png", "class": "c", **mask_flag(0.1, None, None)}]
+    first.write(tmp_path)
+    again = FlagRecorder(SimpleNamespace(source=str(tmp_path / "model.keras")), prior={"classes": {}})
+    again.rows = [{"image": "b.png", "class": "c", **mask_flag(0.5, None, None)}]  # b redone, a done before
+    rows = list(csv.DictReader(again.write(tmp_path).read_text().splitlines()))
+    assert [(r["image"], r["flag"]) for r in rows] == [("a.png", "check"), ("b.png", "check")]
