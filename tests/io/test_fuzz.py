@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from keras_unet.data.rasterize import rasterize
 from keras_unet.errors import KerasUnetError
 from keras_unet.io import images, labelme
+from helpers import tiny_run  # noqa: F401 (fixture)
 from labelme_factory import document, gradient, png_bytes, shape
 
 CLASSES = ["rib", "clavicle"]
@@ -264,3 +265,26 @@ def test_an_export_metadata_nested_too_deeply_is_one_line(tmp_path):
     with pytest.raises(ConfigError) as error:
         read_metadata(path)
     assert str(error.value).startswith(f"{path}: cannot read metadata (maximum recursion depth exceeded")
+
+
+@pytest.mark.slow  # Keras
+def test_mutated_and_truncated_model_files_give_one_line(tiny_run, tmp_path):  # noqa: F811
+    import random
+    import shutil
+
+    from keras_unet.infer.load import load_predictor
+
+    data = (tiny_run / "model.keras").read_bytes()
+    rng = random.Random(0)
+    for i in range(20):
+        mutated = bytearray(data)
+        for _ in range(rng.randint(1, 20)):
+            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        if i % 3 == 0:
+            mutated = mutated[: rng.randrange(len(mutated))]
+        run = shutil.copytree(tiny_run, tmp_path / f"run{i}")
+        (run / "model.keras").write_bytes(bytes(mutated))
+        try:
+            load_predictor(run / "model.keras")
+        except KerasUnetError as error:
+            assert str(run / "model.keras") in str(error) and "\n" not in str(error)
