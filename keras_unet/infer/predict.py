@@ -52,7 +52,7 @@ def predict_folder(predictor: Predictor, source, out, settings: PostprocessConfi
                    on_image=None) -> dict:
     """Segment an image file or a folder of them into out/; bad images are reported and skipped.
 
-    on_image(path, masks, classes) is called after each image this run segments.
+    on_image(path, masks, classes) is called for each image: segmented now, or by an earlier run (masks read back).
     Restartable: run again after a kill, it skips the images an earlier run finished (every output written and
     noted in the journal) and does the rest; overwrite redoes all. out/summary.json lists each image's outcome."""
     settings = predictor.config.postprocess if settings is None else settings
@@ -64,8 +64,11 @@ def predict_folder(predictor: Predictor, source, out, settings: PostprocessConfi
         out = batch.out
         todo = [p for p in paths if not (batch.finished(p) and all(f.is_file() for f in
                                                                    image_outputs(out, p.stem, classes, labelme)))]
-        for path in set(paths) - set(todo):
+        for path in sorted(set(paths) - set(todo)):
             batch.record(path, DONE, "by an earlier run")
+            if on_image is not None:  # its masks as the earlier run wrote them: whatever on_image collects stays whole
+                masks = np.stack([images.read_image(out / name / f"{path.stem}.png") > 0 for name in classes], -1)
+                on_image(path, masks.astype(np.uint8), classes)
         bar = Progress(len(todo)) if progress and todo else None
         say = bar.say if bar else log
         stems = {p.stem: p for p in paths if p not in todo}

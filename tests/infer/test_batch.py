@@ -157,3 +157,22 @@ def test_rank_stopped_then_rerun_scores_only_the_rest_and_ranks_the_same(folder,
     assert [r.path for r in again["ranked"]] == [r.path for r in whole["ranked"]]
     summary = _summary(out)
     assert {row["status"] for row in summary.values()} == {"done"} and all(row["score"] for row in summary.values())
+
+
+def test_on_image_sees_every_image_after_a_restart_with_the_same_masks(folder, tmp_path, monkeypatch):
+    out, predictor, seen = tmp_path / "out", identity_predictor(), {}
+
+    def collect(path, masks, classes):
+        assert list(classes) == CLASSES and masks.dtype == np.uint8
+        seen[path.name] = masks
+
+    quiet = dict(progress=False, log=lambda _: None, on_image=collect)
+    predict.predict_folder(predictor, folder, tmp_path / "whole", **quiet)
+    whole, seen = seen, {}
+    _counting(monkeypatch, predict, "save_rgb", stop_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        predict.predict_folder(predictor, folder, out, **quiet)
+    monkeypatch.undo()
+    seen.clear()
+    predict.predict_folder(predictor, folder, out, **quiet)  # flags.csv, say, still covers every image
+    assert sorted(seen) == sorted(whole) and all(np.array_equal(seen[k], whole[k]) for k in whole)
