@@ -100,9 +100,12 @@ def precision_choice(precision: str, gpus: int, flags, bf16_validated: bool = BF
 # -- XLA: the figures "auto" decides from -------------------------------------------------------------------
 # Measured with benchmarks/jit_payoff.py and benchmarks/train_vs_torch.py on AMD EPYC (avx2, fma), 2 cores,
 # TensorFlow 2.21 (benchmarks/README.md); each constant is taken on the side that keeps XLA off when in doubt.
-XLA_STEP_SAVING = 0.15  # share of a plain CPU step's seconds XLA saves on an AVX2 CPU (measured 17-24%)
+XLA_STEP_SAVING = 0.15  # share of a plain CPU step's seconds XLA saves on an AVX2 CPU (measured 19-24%)
+# ...for a U-Net of at least this many forward convolution GFLOP per image: XLA measured 10% slower per step at
+# 128 px base 12 (0.96 GFLOP) and 163% slower at 64 px base 4, 19-24% faster at 256 px base 32 and 64 (27, 109)
+XLA_MIN_GFLOP = 4.0
 XLA_COMPILE_SECONDS = 45.0  # XLA's extra first-epoch seconds, train and test functions (measured 17-37 s)
-PLAIN_CONV_FLOPS_PER_CORE = 25e9  # FLOP/s per core the plain step's convolutions reach (measured ~19e9)
+PLAIN_CONV_FLOPS_PER_CORE = 40e9  # FLOP/s per core the plain step's convolutions reach (measured 29-37e9)
 PLAIN_ELEMENT_SECONDS_PER_CORE = 2e-9  # seconds per core per activation value (batch norm, ReLU, ...; ~3e-9)
 PAYBACK_MARGIN = 2.0  # XLA only when the seconds it saves are at least twice the seconds it costs
 
@@ -124,7 +127,7 @@ def decide_jit(inputs: JitInputs, margin: float = PAYBACK_MARGIN) -> Choice:
     figures = (f"{inputs.planned_steps} planned steps x {inputs.plain_step_seconds:.3g} s x "
                f"{max(inputs.step_saving, 0.0):.0%} saved = {saved:.0f} s")
     if inputs.step_saving <= 0:
-        return Choice(False, f"auto: XLA saves nothing known on this CPU ({inputs.source})")
+        return Choice(False, f"auto: no step saving expected from XLA ({inputs.source})")
     if saved >= margin * inputs.compile_seconds:
         return Choice(True, f"auto: {figures} >= {margin:g} x {inputs.compile_seconds:.0f} s to compile "
                             f"({inputs.source})")
@@ -206,6 +209,8 @@ def jit_inputs(config, planned_steps: int, measured: dict, flags, cores: int) ->
     step = plain.get("step_seconds") or estimated_step_seconds(config, cores)
     if plain.get("step_seconds") and xla.get("step_seconds"):
         saving, saving_from = 1.0 - xla["step_seconds"] / plain["step_seconds"], "measured"
+    elif "avx2" in flags and "avx512f" not in flags and unet_work(config)[0] < XLA_MIN_GFLOP * 1e9:
+        saving, saving_from = 0.0, f"a U-Net under {XLA_MIN_GFLOP:g} GFLOP an image: XLA measured slower there"
     elif "avx2" in flags and "avx512f" not in flags:
         saving, saving_from = XLA_STEP_SAVING, "AVX2 constant"
     else:  # AVX-512 CPUs run oneDNN kernels where XLA was measured slower at inference; unknown elsewhere

@@ -86,15 +86,18 @@ def jsrt_first_stage():
                                    model=ModelConfig(depth=2, base_filters=4)), 2, False),
     ("the bundled sample", Config(classes=list("abc")), 4, False),
     ("the JSRT recipe, first stage (104 images)", "jsrt", 13, True),
-    ("the JSRT recipe, refine stage (208 crops)", "jsrt_refine", 26, True),
+    ("the JSRT recipe, refine stage (208 crops; 192 px, 3.8 GFLOP an image)", "jsrt_refine", 26, False),
+    ("the small-data recipe's refine stage (400 epochs at 128 px)", "small_refine", 7, False),
 ])
-def test_auto_xla_is_off_for_short_runs_and_on_for_the_jsrt_recipe_on_an_avx2_cpu(tmp_path, monkeypatch, name,
+def test_auto_xla_is_off_for_short_runs_and_small_unets_and_on_for_the_jsrt_first_stage_on_an_avx2_cpu(tmp_path, monkeypatch, name,
                                                                                   config, steps, expected):
     monkeypatch.chdir(speed.Path(__file__).resolve().parents[2])
     if config == "jsrt":
         config = jsrt_first_stage()
     elif config == "jsrt_refine":
         config = jsrt_first_stage().refine_stage()
+    elif config == "small_refine":
+        config = load_config("configs/small_data.yaml").refine_stage()
     config.jit_compile = "auto"
     choice = speed.resolve_jit_compile(config, steps, cpuinfo=AVX2, cores=2, cache=tmp_path / "speed.json")
     assert choice.value is expected, (name, choice.reason)
@@ -129,7 +132,7 @@ def test_measured_figures_in_the_speed_cache_replace_the_constants(tmp_path):
     config.epochs = 20
     assert speed.resolve_jit_compile(config, 4, cpuinfo=AVX2, cores=2, cache=cache).value is True
     # another machine or shape has its own entry
-    assert "measured" not in speed.resolve_jit_compile(config, 4, cpuinfo=AVX2, cores=4, cache=cache).reason
+    assert "step estimated" in speed.resolve_jit_compile(config, 4, cpuinfo=AVX2, cores=4, cache=cache).reason
     cache.write_text("not json")
     assert speed.read_speed_cache(cache) == {}
 
@@ -156,3 +159,39 @@ def test_config_json_keeps_the_resolved_choices_and_loads(tmp_path):
     assert config_from_dict(older).precision_resolved == {}
     with pytest.raises(ConfigError, match="jit_compile_resolved must be a mapping"):
         Config(jit_compile_resolved="yes").validate()
+
+
+def test_backups_take_at_most_their_budget_of_the_training_time(tmp_path, monkeypatch):
+    from keras_unet.train.callbacks import SafeBackup
+
+    now = [0.0]
+    backup = SafeBackup(tmp_path / "backup", budget=0.25, clock=lambda: now[0])
+    saved = []
+
+    def save(epoch, logs=None):  # Keras's backup, standing in: 1 s of saving
+        saved.append(epoch)
+        now[0] += 1.0
+
+    monkeypatch.setattr(type(backup).__mro__[1], "on_epoch_end", lambda self, epoch, logs=None: save(epoch))
+    for epoch in range(8):
+        now[0] += 1.0  # an epoch of 1 s of training
+        backup.on_epoch_end(epoch, {"loss": 0.5})
+    # a 1 s backup is allowed once 4 s passed since the last one ended: epochs 0, 4 (t = 2, 7)... by hand:
+    # t=2 save(0) ends 2; e1 t=3 (1 s), e2 t=4, e3 t=5, e4 t=6: 4 s >= 1 / 0.25 -> save(4) ends 7; e5..e7 t=8..10 < 11
+    assert saved == [0, 4]
+    backup.on_epoch_end(8, {"loss": float("nan")})
+    assert saved == [0, 4]  # a diverged epoch is never backed up
+
+
+def test_tensorboard_logging_once_an_epoch_loses_its_batch_hook(tmp_path):
+    import keras
+
+    from keras_unet.train.callbacks import epoch_summaries
+
+    quiet = epoch_summaries(keras.callbacks.TensorBoard(str(tmp_path), write_graph=False, profile_batch=0))
+    assert quiet.on_train_batch_end(0, {"loss": 1.0}) is None and quiet.on_train_batch_end.__name__ == "_nothing"
+    for board in (keras.callbacks.TensorBoard(str(tmp_path), update_freq="batch", write_graph=False),
+                  keras.callbacks.TensorBoard(str(tmp_path), write_graph=False, profile_batch=2)):
+        assert epoch_summaries(board).on_train_batch_end.__name__ == "on_train_batch_end"  # still writes or profiles
+    other = keras.callbacks.Callback()
+    assert epoch_summaries(other) is other
