@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -273,6 +274,10 @@ def fit_distributed(model, strategy, train, val, epochs: int, steps: int, batch_
 
     The chief's restored state (its BackupAndRestore's weights, optimizer and epoch, and finished: its fit already
     ended) is broadcast to every worker first; a stop asked on any worker stops all."""
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise ConfigError(f"--batch-size {batch_size} must be a multiple of the {replicas} replicas (workers x "
+                          "devices): each trains on an equal share of the global batch")
     loop = DistributedLoop(model, strategy)
     with strategy.scope():
         if not model.optimizer.built:
@@ -283,15 +288,27 @@ def fit_distributed(model, strategy, train, val, epochs: int, steps: int, batch_
     model.stop_training = False
     model._initial_epoch = None
     callbacks.on_train_begin()
-    state = [*model.variables, *model.optimizer.variables]
-    epoch, done, *values = loop.broadcast([tf.constant(float(model._initial_epoch or 0)), tf.constant(float(finished)),
-                                           *[v.value for v in state]])
-    for variable, value in zip(state, values):
-        variable.assign(value)
-    epoch, logs = int(epoch), None
+    try:
+        state = [*model.variables, *model.optimizer.variables]
+        epoch, done, *values = loop.broadcast([tf.constant(float(model._initial_epoch or 0)),
+                                               tf.constant(float(finished)), *[v.value for v in state]])
+        for variable, value in zip(state, values):
+            variable.assign(value)
+        _epochs(model, strategy, loop, callbacks, train, val, int(epoch), epochs, steps, batch_size, float(done))
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+            tf.errors.CancelledError) as e:
+        lost = sorted(set(re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", str(e).split("unhealthy", 1)[-1])))
+        who = ", ".join(f"{job} {task}" for job, task in lost) if "unhealthy" in str(e) else "a worker"
+        raise TrainingError(f"training stopped: {who} stopped answering ({type(e).__name__}); start every worker "
+                            "again with the same command to resume from the last finished epoch") from None
+
+
+def _epochs(model, strategy, loop, callbacks, train, val, epoch, epochs, steps, batch_size, done) -> None:
+    """fit_distributed's epochs from epoch on (none when done)."""
+    logs = None
     iterator = iter(distribute(strategy, train, batch_size, repeat=True))
     val_ds = distribute(strategy, val, batch_size, repeat=False) if val is not None else None
-    while not float(done) and epoch < epochs:
+    while not done and epoch < epochs:
         model.reset_metrics()
         callbacks.on_epoch_begin(epoch)
         for step in range(steps):

@@ -182,24 +182,38 @@ def start_workers(out, ports, *args, epochs=2, timeout="60"):
 
 
 @pytest.mark.slow
-def test_two_worker_processes_train_into_one_run_folder_written_by_the_chief(tmp_path):
-    out = tmp_path / "run"
-    procs = start_workers(out, free_ports(2))
-    logs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
+def test_two_worker_processes_train_into_the_chiefs_run_folder_and_resume_after_a_kill(tmp_path):
     from keras_unet.train.history import read_history
 
+    out, ports = tmp_path / "run", free_ports(2)
+    procs = start_workers(out, ports, epochs=3)
+    deadline = time.monotonic() + 600
+    while not read_history(out / "history.csv") and time.monotonic() < deadline and procs[0].poll() is None:
+        time.sleep(0.5)
+    procs[1].kill()  # worker 1 dies after the first epoch: the chief stops in one line
+    first = procs[0].communicate(timeout=300)[0]
+    procs[1].communicate()
+    assert procs[0].returncode == 2, first[-3000:]
+    errors = [line for line in first.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in first, first[-3000:]
+    assert errors[0].startswith("error: training stopped: worker 1 stopped answering")
+    done = len(read_history(out / "history.csv"))
+    assert 1 <= done < 3 and not (out / "metrics.json").exists()
+
+    procs = start_workers(out, ports, epochs=3)  # the same command again, on every worker
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
+    assert f"resuming: {out}" in logs[0]
+    epochs = [[line.split("  ")[:2] for line in log.splitlines() if line.startswith("epoch ")] for log in logs]
+    assert [e[0] for e in epochs[0]] == [f"epoch {k}/3" for k in range(done + 1, 4)]  # from the last finished one
+    assert epochs[0] == epochs[1]  # one model: the same losses on both workers
     assert {p.name for p in out.iterdir()} >= {"model.keras", "history.csv", "curves.png", "config.json",
                                               "metrics.json", "split.json"}
     assert not (out / "backup").exists()
-    history = read_history(out / "history.csv")
-    assert [int(r["epoch"]) for r in history] == [0, 1]
-    # the same losses on both workers (one model), and the other worker's private folder is gone
-    lines = [[line for line in log.splitlines() if line.startswith("epoch ")] for log in logs]
-    assert lines[0] and [line.split("  ")[:2] for line in lines[0]] == [line.split("  ")[:2] for line in lines[1]]
+    assert [int(r["epoch"]) for r in read_history(out / "history.csv")] == [0, 1, 2]
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 3
     private = [line.split("files go to ")[1].split(" ")[0] for line in logs[1].splitlines() if "files go to" in line]
-    assert private and not os.path.exists(private[0])
-    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 2
+    assert private and not os.path.exists(private[0])  # the other worker's private folder is gone
 
 
 @pytest.mark.slow
