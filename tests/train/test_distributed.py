@@ -196,7 +196,8 @@ def test_two_worker_processes_train_into_the_chiefs_run_folder_and_resume_after_
     assert procs[0].returncode == 2, first[-3000:]
     errors = [line for line in first.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in first, first[-3000:]
-    assert errors[0].startswith("error: training stopped: worker 1 stopped answering")
+    assert errors[0].startswith("error: training stopped: ") and "stopped answering" in errors[0]  # names the
+    # worker when TensorFlow's heartbeat caught it (Unavailable), "a worker" when a collective timed out first
     done = len(read_history(out / "history.csv"))
     assert 1 <= done < 3 and not (out / "metrics.json").exists()
 
