@@ -26,6 +26,8 @@ from keras_unet.data.samples import load_samples, prepare_samples, resolve_class
 from keras_unet.errors import ConfigError, TrainingError
 from keras_unet.imaging.crops import crop
 from keras_unet.infer.load import load_predictor
+from keras_unet.infer.predictor import Predictor
+from keras_unet.infer.runtimes import keras_network
 from keras_unet.io import images
 from keras_unet.io.files import hold_lock, write_json_atomic
 from keras_unet.model.losses import get_loss, segmentation_metrics
@@ -386,7 +388,7 @@ def _train_stage(config: Config, out: Path, resuming: bool, start, log, extra_tr
     write_json_atomic(out / METRICS_FILE, result)
     write_model_card(out, config, result, [s.spacing for s in [*train_samples, *val_samples]])
     if not config.crops.classes:  # the model's uncertainty on the validation images, for the quality flags
-        add_uncertainty(out, load_predictor(out / MODEL_FILE, refine=False), val_samples)
+        add_uncertainty(out, Predictor(keras_network(best_model), config, out / MODEL_FILE), val_samples)
     shutil.rmtree(out / BACKUP_DIR, ignore_errors=True)
     per_class = ", ".join(f"{c} {v:.3f}" for c, v in result["val_dice_per_class"].items())
     log(f"validation Dice {result['val_dice']:.3f} ({per_class}); IoU {result['val_iou']:.3f}; "
