@@ -100,6 +100,19 @@ def small_dataset(data) -> Path:
 
 LABELME7_VERSION = "7.9.1"
 
+def sample_copy(folder, count=6) -> Path:
+    """A new folder holding the first count Labelme files of the bundled sample, their images and labels.txt."""
+    from conftest import SAMPLE_DIR
+
+    folder = Path(folder)
+    folder.mkdir()
+    for json_path in sorted(SAMPLE_DIR.glob("*.json"))[:count]:
+        shutil.copy(json_path, folder)
+        shutil.copy(json_path.with_suffix(".png"), folder)
+    shutil.copy(SAMPLE_DIR / "labels.txt", folder)
+    return folder
+
+
 
 def labelme7_shape(label: str, points, shape_type: str, mask: np.ndarray | None = None, locked: bool = False) -> dict:
     """A shape dict as Labelme 7 writes it (`locked` only when set, `mask` a base64 PNG for mask shapes)."""

@@ -3,7 +3,6 @@ predict.py killed (SIGKILL) in the middle of a folder then run again with the sa
 
 import csv
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, SAMPLE_DIR
+from conftest import REPO
 from helpers import tiny_run  # noqa: F401 (fixture)
 from keras_unet.config import Config
 from keras_unet.data.cache import IMAGES_FOLDER, cache_folder, read_index
@@ -23,19 +22,10 @@ from keras_unet.infer.predictor import postprocess_settings
 from keras_unet.infer.ranking import rank_folder
 from keras_unet.io import images
 from keras_unet.run_folder import PROGRESS_FILE, RUN_LOCK, SUMMARY_FILE
-from labelme_factory import write_image
+from labelme_factory import sample_copy, write_image
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-
-
-def _data(folder, count=6):
-    folder.mkdir()
-    for json_path in sorted(SAMPLE_DIR.glob("*.json"))[:count]:
-        shutil.copy(json_path, folder)
-        shutil.copy(json_path.with_suffix(".png"), folder)
-    shutil.copy(SAMPLE_DIR / "labels.txt", folder)
-    return folder
 
 
 def _train(data, out, cache, epochs):
@@ -53,7 +43,7 @@ def _wait(condition, timeout=300):
 
 
 def test_two_trainings_share_a_cache_and_a_third_on_a_busy_out_is_refused(tmp_path):
-    data, cache = _data(tmp_path / "data"), tmp_path / "cache"
+    data, cache = sample_copy(tmp_path / "data"), tmp_path / "cache"
     long = _train(data, tmp_path / "a", cache, epochs=500)  # still training when the third one arrives
     short = _train(data, tmp_path / "b", cache, epochs=1)
     try:

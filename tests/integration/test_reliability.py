@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO, SAMPLE_DIR
+from conftest import REPO
 from keras_unet.cli import masks as masks_cli
 from keras_unet.config import Config
 from keras_unet.data.samples import prepare_samples
@@ -23,7 +22,7 @@ from keras_unet.io.files import write_json_atomic
 from keras_unet.train.callbacks import BestCheckpoint
 from keras_unet.train.history import backup_epoch, read_history, repair_backup, trim_history
 from keras_unet.train.run import prepare_run_dir
-from labelme_factory import document, gradient, labelme_pair, png_bytes, shape, write_image, write_json
+from labelme_factory import document, gradient, labelme_pair, png_bytes, sample_copy, shape, write_image, write_json
 
 RIB = shape("rib", [[2, 2], [12, 2], [12, 12]])
 
@@ -362,15 +361,6 @@ def test_masks_module_command_line_prints_one_line(tmp_path):
 # -- train.py ------------------------------------------------------------------------------------------
 
 
-def _sample_copy(folder, count=6):
-    folder.mkdir()
-    for json_path in sorted(SAMPLE_DIR.glob("*.json"))[:count]:
-        shutil.copy(json_path, folder)
-        shutil.copy(json_path.with_suffix(".png"), folder)
-    shutil.copy(SAMPLE_DIR / "labels.txt", folder)
-    return folder
-
-
 def _train(tmp_path, data, *extra, timeout=300):
     command = [sys.executable, "train.py", "--data", str(data), "--out", str(tmp_path / "run"),
                "--cache-dir", str(tmp_path / "cache"), "--image-size", "64", "--depth", "2", "--base-filters", "4",
@@ -381,7 +371,7 @@ def _train(tmp_path, data, *extra, timeout=300):
 
 @pytest.mark.slow
 def test_train_lists_bad_files_then_skip_bad_trains_on_the_rest(tmp_path):
-    data = _sample_copy(tmp_path / "d", 5)
+    data = sample_copy(tmp_path / "d", 5)
     write_json(data / "phantom_000.json", "{\"shapes\": ")
     write_json(data / "phantom_001.json", {"shapes": [], "imagePath": "phantom_001.png", "imageData": "%%"})
     proc = _train(tmp_path, data)
@@ -413,7 +403,7 @@ def test_train_on_an_empty_folder(tmp_path):
 
 @pytest.mark.slow
 def test_nan_loss_stops_train_py_with_a_one_line_message(tmp_path):
-    data = _sample_copy(tmp_path / "d")
+    data = sample_copy(tmp_path / "d")
     proc = _train(tmp_path, data, "--learning-rate", "1e30", "--epochs", "2")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
@@ -430,7 +420,7 @@ def test_nan_loss_after_a_good_epoch_keeps_that_epochs_model(tmp_path, monkeypat
     from keras_unet.errors import TrainingError
     from keras_unet.train.run import train
 
-    data = _sample_copy(tmp_path / "d")
+    data = sample_copy(tmp_path / "d")
     config = merge(Config(data=str(data), out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
                           image_size=64, batch_size=2, epochs=3, checkpoint=checkpoint),
                    {"model.depth": 2, "model.base_filters": 4})
