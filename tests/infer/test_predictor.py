@@ -119,3 +119,15 @@ def test_refined_predictor_leaves_an_image_without_the_structure_alone():
     fine_config.crops.classes = []
     with pytest.raises(Exception, match="crop classes"):
         RefinedPredictor(coarse, fine)
+
+
+def test_an_onnx_session_leaves_the_process_floating_point_state_alone():
+    """Subnormal float32 numbers survive loading and running an ONNX model (no flush-to-zero for the caller)."""
+    pytest.importorskip("onnxruntime")
+    from conftest import REPO
+    from keras_unet.infer.runtimes import OnnxModel
+
+    model = OnnxModel(REPO / "tests" / "fixtures" / "v0_1" / "export" / "model.onnx", num_threads=1)
+    model.predict(np.zeros((1, 64, 64, 1), np.float32))
+    tiny = np.array([1e-40], np.float32)
+    assert (tiny * np.float32(1.0))[0] != 0.0

@@ -93,7 +93,7 @@ def test_predict_writes_only_the_classes_asked_for(tmp_path, capsys):
     out = tmp_path / "out"
     assert predict_main(["--model", str(FIXTURES / "run"), "--input", str(image), "--out", str(out),
                          "--classes", "rib"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["overlays", "rib"]
+    assert sorted(p.name for p in out.iterdir()) == [".progress.jsonl", "flags.csv", "overlays", "rib", "summary.csv"]
     assert predict_main(["--model", str(FIXTURES / "run"), "--input", str(image), "--out", str(tmp_path / "x"),
                          "--classes", "femur"]) == 2
     assert "class(es) femur not predicted by the model" in capsys.readouterr().err
