@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -163,3 +166,24 @@ def identity_predictor():
     config = tiny_config()
     config.normalization.method = "none"
     return Predictor(lambda batch: np.repeat(batch, len(CLASSES), axis=-1), config, "identity")
+
+
+_HOLD_LOCK = """
+import sys, time
+from keras_unet.io.files import hold_lock
+with hold_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(lock_path):
+    """A child process holding io.files.hold_lock on lock_path while the block runs (yields its Popen)."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(lock_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()

@@ -4,14 +4,12 @@ continues where it stopped, never counting a half-finished image as done; --over
 import csv
 import json
 import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from helpers import CLASSES, identity_predictor
+from helpers import CLASSES, identity_predictor, lock_held_elsewhere
 from keras_unet.errors import ConfigError
 from keras_unet.infer import batch, predict, ranking
 from keras_unet.io.files import LockedError
@@ -114,28 +112,14 @@ def test_other_settings_or_a_foreign_folder_are_refused(folder, tmp_path):
         predict.predict_folder(identity_predictor(), folder, tmp_path / "mine", progress=False, log=lambda _: None)
 
 
-_HOLD = """
-import sys, time
-from keras_unet.io.files import hold_lock
-with hold_lock(sys.argv[1]):
-    print("held", flush=True)
-    time.sleep(60)
-"""
-
-
 def test_a_second_process_on_the_same_out_is_refused_naming_the_first(folder, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out / OUT_LOCK)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(out / OUT_LOCK) as holder:
         with pytest.raises(LockedError) as error:
             predict.predict_folder(identity_predictor(), folder, out, progress=False, log=lambda _: None)
         assert str(error.value).startswith(f"{out}: another predict is writing this folder (process {holder.pid} on "
                                            "host ")
-    finally:
-        holder.kill()
-        holder.wait()
     predict.predict_folder(identity_predictor(), folder, out, progress=False, log=lambda _: None)  # a dead holder's lock
     assert len(_summary(out)) == COUNT and not (out / OUT_LOCK).exists()
 

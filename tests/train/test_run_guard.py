@@ -1,10 +1,8 @@
 """A run folder is written by one training at a time, and an interrupted run resumes only with its own settings."""
 
-import subprocess
-import sys
-
 import pytest
 
+from helpers import lock_held_elsewhere
 from keras_unet.config import Config
 from keras_unet.errors import ConfigError
 from keras_unet.io.files import LockedError, hold_lock, write_json_atomic
@@ -43,29 +41,15 @@ def test_overwrite_keeps_only_the_lock_this_process_holds(tmp_path):
     assert list(out.iterdir()) == []
 
 
-_HOLD = """
-import sys, time
-from keras_unet.io.files import hold_lock
-with hold_lock(sys.argv[1]):
-    print("held", flush=True)
-    time.sleep(60)
-"""
-
-
 def test_a_second_training_on_the_same_out_is_refused_naming_the_first(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out / RUN_LOCK)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(out / RUN_LOCK) as holder:
         with pytest.raises(LockedError) as error:
             with run_lock(out):
                 pass
         assert str(error.value).startswith(f"{out}: another training is writing this run folder (process "
                                            f"{holder.pid} on host ")
-    finally:
-        holder.kill()
-        holder.wait()
     assert (out / RUN_LOCK).exists()  # left by the killed process, naming it
     with run_lock(out):  # taken over: the kernel let go of the dead process's lock
         assert str(__import__("os").getpid()) in (out / RUN_LOCK).read_text()
