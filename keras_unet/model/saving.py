@@ -3,6 +3,7 @@ weights by layer name (the pretraining weights file, transfer into a new U-Net).
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from dataclasses import dataclass
@@ -11,11 +12,18 @@ from pathlib import Path
 import keras
 import numpy as np
 
+try:  # Keras's own saving code, the one way to write a model file into memory
+    from keras.src.saving import saving_lib
+except ImportError:  # pragma: no cover - another Keras layout
+    saving_lib = None
+_MEMORY_MODEL = hasattr(saving_lib, "_save_model_to_fileobj")  # save_model accepts an in-memory file
+_MEMORY_WEIGHTS = hasattr(saving_lib, "H5IOStore") and hasattr(saving_lib, "_save_state")
+
 from keras_unet import __version__
 import keras_unet.model.losses  # noqa: F401  (registers the custom losses and metrics that .keras files name)
 from keras_unet.config import Config, load_config
 from keras_unet.errors import ConfigError, DataError, KerasUnetError, first_line
-from keras_unet.io.files import atomic_path
+from keras_unet.io.files import DiskFullError, atomic_path, free_bytes, write_bytes_atomic
 from keras_unet.model.unet import model_from_config
 from keras_unet.run_folder import CONFIG_FILE, MODEL_FILE, PRETRAIN_DIR, PRETRAIN_WEIGHTS
 
@@ -195,5 +203,52 @@ def save_for_inference(model: keras.Model, path: Path) -> None:
     The file loads with Keras only; the copy shares the model's layers and weights; what resuming needs stays in
     the run's backup folder."""
     network = keras.Model(model.inputs, model.outputs, name=model.name)
-    with atomic_path(path, suffix=".keras") as tmp:
+    if _MEMORY_MODEL:
+        write_bytes_atomic(path, _in_memory(lambda buffer: saving_lib.save_model(network, buffer)))
+        return
+    with atomic_path(path, suffix=".keras") as tmp:  # a Keras without in-memory saving
+        _check_space(path, _variable_bytes(network))
         network.save(tmp)
+
+
+def save_weights_file(model: keras.Model, path: Path) -> None:
+    """Write the model's weights (and its optimizer's) as a .weights.h5 file, atomically."""
+    path = Path(path)
+
+    def fill(buffer):
+        store = saving_lib.H5IOStore(buffer, mode="w")
+        saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
+        store.close()
+
+    if _MEMORY_WEIGHTS:
+        write_bytes_atomic(path, _in_memory(fill))
+        return
+    with atomic_path(path, suffix=".weights.h5") as tmp:  # a Keras without in-memory saving
+        _check_space(path, _variable_bytes(model))
+        model.save_weights(str(tmp), overwrite=True)
+
+
+def _in_memory(fill) -> bytes:
+    """The bytes `fill(buffer)` writes into an in-memory file.
+
+    HDF5 can crash the process (SIGSEGV) when the disk fills in the middle of its own write, so model files are
+    built in memory and reach the disk in one plain write that fails cleanly (DiskFullError) on a full disk."""
+    buffer = io.BytesIO()
+    fill(buffer)
+    return buffer.getvalue()
+
+
+def _variable_bytes(model) -> int:
+    """What a model's variables (its optimizer's included) take, as a lower bound for a weights file's size."""
+    variables = list(model.weights)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and getattr(optimizer, "built", False):
+        variables += list(optimizer.variables)
+    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+
+
+def _check_space(path: Path, needed: int) -> None:
+    """Refuse a write that cannot fit (DiskFullError) before a writer that does not fail cleanly starts it."""
+    free = free_bytes(path.parent)
+    if free is not None and free < needed + (1 << 20):
+        raise DiskFullError(path, needed + (1 << 20), at_least=True)

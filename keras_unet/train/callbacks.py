@@ -12,8 +12,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_unet.io.files import atomic_path, write_bytes_atomic
-from keras_unet.model.saving import save_for_inference
+from keras_unet.io.files import write_bytes_atomic
+from keras_unet.model.saving import save_for_inference, save_weights_file
 from keras_unet.progress import StatusLine, is_terminal, time_left
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -66,8 +66,7 @@ class SafeBackup(keras.callbacks.BackupAndRestore):
                                  (self._training_metadata_path, self._prev_training_metadata_path)):
             if Path(latest).exists():
                 write_bytes_atomic(Path(previous), Path(latest).read_bytes())
-        with atomic_path(self._weights_path, suffix=".weights.h5") as tmp:
-            self.model.save_weights(str(tmp), overwrite=True)
+        save_weights_file(self.model, Path(self._weights_path))
         metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
         write_bytes_atomic(Path(self._training_metadata_path), json.dumps(metadata).encode("utf-8"))
 

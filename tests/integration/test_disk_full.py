@@ -199,8 +199,6 @@ def test_a_full_disk_without_a_file_name_names_the_out_folder(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="known defect, open: when the disk fills while h5py is writing the backup's "
-                   "weights, h5py can crash the process (SIGSEGV; it passed in one CI run and crashed in the next two tries) instead of our one line")
 def test_train_py_on_a_full_disk_stops_keeps_the_last_model_and_resumes(tmp_path):
     """A real training whose disk fills after its first checkpoint; the rerun finishes the planned epochs."""
     import time
