@@ -105,7 +105,7 @@ def child(args) -> None:
 
 
 NETWORK_SHAPES = {"first_256": (256, 2, 16), "refine_192": (192, 1, 16), "default_512": (512, 3, 12)}  # px, out, base
-NETWORK_FORMATS = ("keras", "tflite", "tflite_fp16", "tflite_int8", "tflite_int8_head", "tflite_dynamic", "onnx",
+NETWORK_FORMATS = ("keras", "tflite", "tflite_fp16", "tflite_int8", "tflite_int8_mixed", "tflite_dynamic", "onnx",
                    "onnx_int8")
 
 

@@ -40,11 +40,12 @@ from keras_unet.run_folder import CONFIG_FILE, METADATA_FILE, MODEL_CARD, MODEL_
 PRECISION = {"saved_model": "float32", "tflite": "float32", "tflite_fp16": "float16 weights, float32 compute",
              "tflite_int8": "int8 (full integer: int8 weights per channel, int8 activations, uint8 input and output)",
              "onnx": "float32",
-             "onnx_int8": "int8 (ONNX Runtime static QDQ: int8 weights per channel at 7 bits, uint8 activations)",
+             "onnx_int8": "int8 (ONNX Runtime static QDQ: int8 weights per channel at 7 bits, uint8 activations) "
+                          "but the stem and head convolutions in float32",
              "tflite_int16x8": "int16 activations, int8 weights (float input and output)",
              "tflite_dynamic": "dynamic range (int8 weights, float activations)",
-             "tflite_int8_head": "int8 (full integer) but the output head (logits convolution, sigmoid) in float32; "
-                                 "float input and output"}
+             "tflite_int8_mixed": "int8 but the stem (first convolution) and the output head (logits convolution, "
+                                  "sigmoid) in float32; float input and output"}
 
 
 def check_packages(formats) -> None:

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from keras_unet.errors import ConfigError
 
 # every format, in the order they are written (onnx before onnx_int8, which is quantised from it)
-FORMATS = ("saved_model", "tflite", "tflite_fp16", "tflite_int8", "onnx", "onnx_int8", "tflite_int8_head",
+FORMATS = ("saved_model", "tflite", "tflite_fp16", "tflite_int8", "onnx", "onnx_int8", "tflite_int8_mixed",
            "tflite_int16x8", "tflite_dynamic")
-# written by default: tflite_int8_head too (the int8 chain that kept the JSRT gate, benchmarks/README.md); the other
+# written by default: tflite_int8_mixed too (the int8 scheme with the best parity, benchmarks/README.md); the other
 # quantisation schemes only when named
 DEFAULT_FORMATS = FORMATS[:7]
-INT8_FORMATS = ("tflite_int8", "onnx_int8", "tflite_int8_head", "tflite_int16x8", "tflite_dynamic")  # gated at --int8-dice
+INT8_FORMATS = ("tflite_int8", "onnx_int8", "tflite_int8_mixed", "tflite_int16x8", "tflite_dynamic")  # gated at --int8-dice
 
 
 @dataclass

@@ -17,7 +17,7 @@ from keras_unet.infer.runtimes import OnnxModel, TFLiteModel, keras_network, sav
 from keras_unet.run_folder import CONFIG_FILE, METADATA_FILE, MODEL_FILE, REFINE_DIR
 
 # what an export folder given as --model runs: the first of these artefacts that is there and passed its parity gate
-EXPORT_PREFERENCE = ("tflite", "onnx", "tflite_fp16", "tflite_int8", "onnx_int8", "saved_model")
+EXPORT_PREFERENCE = ("tflite", "onnx", "tflite_fp16", "tflite_int8_mixed", "onnx_int8", "tflite_int8", "saved_model")
 
 
 def read_metadata(path) -> tuple[dict, Config]:

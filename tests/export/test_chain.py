@@ -140,16 +140,24 @@ def test_the_other_quantisation_schemes_export_both_stages(refine_run, tmp_path)
     from keras_unet.export.options import ExportOptions
     from keras_unet.infer.runtimes import TFLiteModel
 
-    formats = ("tflite_int8_head", "tflite_int16x8", "tflite_dynamic")
+    formats = ("tflite_int8_mixed", "tflite_int16x8", "tflite_dynamic")
     metadata = export_run(refine_run, tmp_path / "e", ExportOptions(formats=formats, parity_images=2), log=None)
     assert list(metadata["artifacts"]) == list(formats) and metadata["parity_passed"]
     for fmt in formats:
         for name in (metadata["artifacts"][fmt]["file"], metadata["artifacts"][fmt]["refine"]["file"]):
             model = TFLiteModel(tmp_path / "e" / name, num_threads=1)
             assert model.input["dtype"] == np.float32 and model.output["dtype"] == np.float32  # float in and out
-    ops = TFLiteModel(tmp_path / "e" / "model_int8_head.tflite").interpreter._get_ops_details()
-    assert "LOGISTIC" in {op["op_name"] for op in ops}  # the head runs in float, after a DEQUANTIZE
-    assert "DEQUANTIZE" in {op["op_name"] for op in ops} and "QUANTIZE" in {op["op_name"] for op in ops}
+    for name in ("model_int8_mixed.tflite", "refine/model_int8_mixed.tflite"):
+        model = TFLiteModel(tmp_path / "e" / name)
+        interpreter = model.interpreter
+        ops = interpreter._get_ops_details()
+        dtypes = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+        first = next(op for op in ops if model.input["index"] in op["inputs"])
+        assert first["op_name"] == "CONV_2D" and all(dtypes[i] == np.float32 for i in first["inputs"] if i >= 0)
+        last = next(op for op in ops if model.output["index"] in op["outputs"])
+        assert last["op_name"] == "LOGISTIC"  # the head runs in float, after a DEQUANTIZE
+        body = [op for op in ops if op["op_name"] == "CONV_2D" and op is not first]
+        assert sum(dtypes[op["inputs"][0]] == np.int8 for op in body) == len(body) - 1  # all but the head: int8
 
 
 def test_edge_benchmark_runs_the_chain_on_one_core(chain_exported):
