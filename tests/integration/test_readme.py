@@ -17,9 +17,21 @@ def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
 
 
+def export_with_mixed_int8(where):
+    """The fixture export, with the model_int8_mixed.tflite the README ships converted from its SavedModel."""
+    from keras_unet.export.convert import FILES, calibration_data, convert_tflite
+    from keras_unet.infer.load import read_metadata
+
+    shutil.copytree(REPO / "tests" / "fixtures" / "v0_1" / "export", where)
+    _, config = read_metadata(where / "metadata.json")
+    calibration = calibration_data(sorted(SAMPLE_DIR.glob("*.png"))[:4], config)
+    (where / FILES["tflite_int8_mixed"]).write_bytes(convert_tflite(where / "saved_model", "tflite_int8_mixed",
+                                                                    calibration))
+
+
 def test_the_deploy_snippet_runs_with_litert_alone(tmp_path):
     snippet = next(block for block in python_blocks() if "EdgeSegmenter" in block)
-    shutil.copytree(REPO / "tests" / "fixtures" / "v0_1" / "export", tmp_path / "export")
+    export_with_mixed_int8(tmp_path / "export")
     shutil.copy(SAMPLE_DIR / "phantom_000.png", tmp_path / "chest.png")
     fake = tmp_path / "no_tensorflow"
     for name in ("tensorflow", "keras"):
@@ -38,7 +50,7 @@ def test_every_python_block_runs(tmp_path):
     blocks = python_blocks()
     assert len(blocks) >= 2
     (tmp_path / "data").symlink_to(REPO / "data")
-    shutil.copytree(REPO / "tests" / "fixtures" / "v0_1" / "export", tmp_path / "export")
+    export_with_mixed_int8(tmp_path / "export")
     shutil.copy(SAMPLE_DIR / "phantom_000.png", tmp_path / "chest.png")
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "KERAS_UNET_CACHE": str(tmp_path / "cache"),
            "HOME": str(tmp_path)}
