@@ -51,13 +51,29 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, stats[:, cv2.CC_STAT_AREA]
 
 
+def foreground_window(mask: np.ndarray):
+    """(rows, columns) slices of the smallest box holding every foreground pixel of a 2-D mask; None when empty.
+
+    Component work on a 1024 px mask of one clavicle costs about 9 ms over the whole image and well under 1 ms
+    inside this box, with the same result (every pixel outside it is background)."""
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not rows.size:
+        return None
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(columns[0]), int(columns[-1]) + 1)
+
+
 def threshold(probs, thresholds) -> np.ndarray:
     """Binary uint8 masks of the pixels strictly above the threshold, one value or one per channel (last axis)."""
     p = np.asarray(probs, dtype=np.float32)
     t = np.asarray(thresholds, dtype=np.float32)
     if t.ndim > 1 or (t.ndim == 1 and (p.ndim < 3 or t.shape[0] != p.shape[-1])):
         raise ValueError(f"{t.size} threshold(s) do not fit probabilities of shape {p.shape}")
-    return (p > t).astype(np.uint8)
+    if t.ndim == 0 or np.all(t == t[0]):  # one scalar: numpy's fast loop (a per-channel array of 2 is 30x slower)
+        return np.greater(p, t.ravel()[0]).view(np.uint8)  # the booleans' bytes are 0 and 1: no copy
+    out = np.empty(p.shape, dtype=bool)
+    for c, value in enumerate(t):
+        np.greater(p[..., c], value, out=out[..., c])
+    return out.view(np.uint8)
 
 
 def count_components(mask) -> int:
@@ -73,31 +89,42 @@ def stray_components(mask, expected: int) -> int:
 def remove_small(mask, min_area: int) -> np.ndarray:
     """2-D mask without the components of fewer than min_area pixels."""
     m = _mask2d(mask)
-    if min_area <= 1:
+    window = foreground_window(m)
+    if min_area <= 1 or window is None:
         return m
-    labels, areas = _components(m)
+    labels, areas = _components(m[window])
     keep = areas >= min_area
     keep[0] = False
-    return keep[labels].astype(np.uint8)
+    m[window] = keep[labels]
+    return m
 
 
 def keep_largest(mask, n: int) -> np.ndarray:
     """2-D mask with only its n largest components (ties: the one met first in raster order wins)."""
     m = _mask2d(mask)
-    labels, areas = _components(m)
+    window = foreground_window(m)
+    if window is None:
+        return m
+    labels, areas = _components(m[window])
     order = np.argsort(-areas[1:], kind="stable") + 1
     keep = np.zeros(len(areas), dtype=bool)
     keep[order[:max(0, int(n))]] = True
-    return keep[labels].astype(np.uint8)
+    m[window] = keep[labels]
+    return m
 
 
 def fill_holes(mask) -> np.ndarray:
     """2-D mask with every hole filled: background not 4-connected to the image border becomes foreground."""
     m = _mask2d(mask)
-    background = np.pad(1 - m, 1, constant_values=1)
+    window = foreground_window(m)
+    if window is None:
+        return m
+    # inside the foreground's box, padded with background: everything outside the box is background that reaches
+    # the image border, so the pad stands for all of it
+    background = np.pad(1 - m[window], 1, constant_values=1)
     _, labels = cv2.connectedComponents(background, connectivity=4)
-    outside = labels[1:-1, 1:-1] == labels[0, 0]
-    return (~outside).astype(np.uint8)
+    m[window] = labels[1:-1, 1:-1] != labels[0, 0]
+    return m
 
 
 AUTO_MAX_PARTS = 3  # most components per image for a class to count as a structure of a few parts

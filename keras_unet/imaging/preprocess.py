@@ -23,12 +23,12 @@ def grid_step(height: int, width: int, grid: int) -> int:
 def intensity_window(image: np.ndarray, method: str = "percentile", low: float = 1.0, high: float = 99.0,
                      grid: int = 256) -> tuple[float, float]:
     """Intensities mapped to 0 and 1 by the normalisation method."""
-    x = np.asarray(image, dtype=np.float32)
+    x = np.asarray(image)
     if method == "none":
         top = 65535.0 if image.dtype == np.uint16 else 255.0 if image.dtype == np.uint8 else 1.0
         return 0.0, top
     step = grid_step(*x.shape[:2], grid)
-    sample = np.sort(x[::step, ::step].ravel())
+    sample = np.sort(x[::step, ::step].astype(np.float32).ravel())  # only the sample in float
     if method == "minmax":
         return float(sample[0]), float(sample[-1])
     n = sample.size

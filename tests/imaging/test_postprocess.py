@@ -228,3 +228,44 @@ def test_polygon_round_trip(make):
         back = rasterise(mask_to_polygons(mask), mask.shape)
         overlap = np.logical_and(back, mask).sum()
         assert 2 * overlap / (back.sum() + mask.sum()) >= 0.98
+
+
+def _whole_image_reference(mask, n_largest, min_area):
+    """remove_small, keep_largest and fill_holes computed over the whole image, as they were before they worked
+    inside the foreground's box."""
+    m = (mask > 0).astype(np.uint8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    areas = stats[:, cv2.CC_STAT_AREA]
+    keep = areas >= min_area
+    keep[0] = False
+    small = keep[labels].astype(np.uint8) if min_area > 1 else m
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(small, connectivity=8)
+    areas = stats[:, cv2.CC_STAT_AREA]
+    order = np.argsort(-areas[1:], kind="stable") + 1
+    keep = np.zeros(len(areas), dtype=bool)
+    keep[order[:n_largest]] = True
+    largest = keep[labels].astype(np.uint8)
+    background = np.pad(1 - largest, 1, constant_values=1)
+    _, labels = cv2.connectedComponents(background, connectivity=4)
+    return small, largest, (labels[1:-1, 1:-1] != labels[0, 0]).astype(np.uint8)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_foreground_box_gives_what_the_whole_image_gives(seed):
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(1, 60, size=2)
+    mask = np.zeros((h, w), np.uint8)
+    for _ in range(rng.integers(0, 6)):  # rings (holes), bars and specks, some cut by the border
+        y, x, r = rng.integers(-5, h + 5), rng.integers(-5, w + 5), rng.integers(1, 12)
+        cv2.circle(mask, (int(x), int(y)), int(r), 1, thickness=int(rng.choice([-1, 1, 2])))
+    mask |= (rng.random((h, w)) < rng.choice([0.0, 0.02, 0.3])).astype(np.uint8)
+    n, min_area = int(rng.integers(0, 3)), int(rng.integers(0, 8))
+    small, largest, filled = _whole_image_reference(mask, n, min_area)
+    np.testing.assert_array_equal(remove_small(mask, min_area), small)
+    np.testing.assert_array_equal(keep_largest(small, n), largest)
+    np.testing.assert_array_equal(fill_holes(largest), filled)
+    from keras_unet.imaging.crops import component_bounds
+
+    _, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    expected = sorted((int(y), int(x), int(y + hh), int(x + ww)) for x, y, ww, hh, a in stats[1:] if a >= max(1, min_area))
+    assert sorted(component_bounds(mask, min_area)) == expected
