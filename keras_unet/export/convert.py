@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from keras_unet.config import Config
 from keras_unet.errors import ExportError, KerasUnetError, first_line
+from keras_unet.export.rewrite import STEM_LAYER, float16_exact_stem
 from keras_unet.imaging.preprocess import prepare
 from keras_unet.io import images
 
@@ -26,7 +28,6 @@ FILES = {"saved_model": "saved_model", "tflite": "model.tflite", "tflite_fp16": 
 # `logits` convolution and the sigmoid: an int8 logits step of about 0.1 near the 0.5 threshold flips edge pixels).
 TFLITE_SCHEMES = {"tflite_int8": "full_int8", "tflite_int16x8": "int16x8", "tflite_dynamic": "dynamic",
                   "tflite_int8_mixed": "int8_float_ends"}
-STEM_LAYER = "enc0_conv1"  # keras_unet.model.unet's first convolution
 HEAD_LAYER = "logits"  # keras_unet.model.unet's output convolution
 
 
@@ -189,6 +190,13 @@ def write_artifact(fmt: str, model, folder: Path, saved_model: Path, config: Con
     try:
         if fmt == "saved_model":
             pass  # written first, as the TFLite converters read it
+        elif fmt == "tflite_fp16":  # from its own SavedModel, of the network with a float16-exact stem
+            exact = folder / ".fp16_saved_model"
+            try:
+                write_saved_model(float16_exact_stem(model), exact, config.image_size)
+                path.write_bytes(convert_tflite(exact, fmt))
+            finally:
+                shutil.rmtree(exact, ignore_errors=True)
         elif fmt.startswith("tflite"):
             data = convert_tflite(saved_model, fmt, calibration_data(calibration, config))
             path.write_bytes(data)

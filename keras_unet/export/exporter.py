@@ -37,7 +37,7 @@ from keras_unet.model.saving import float32_model, load_model
 from keras_unet.progress import Progress
 from keras_unet.run_folder import CONFIG_FILE, METADATA_FILE, MODEL_CARD, MODEL_FILE, REFINE_DIR, SPLIT_FILE
 
-PRECISION = {"saved_model": "float32", "tflite": "float32", "tflite_fp16": "float16 weights, float32 compute",
+PRECISION = {"saved_model": "float32", "tflite": "float32", "tflite_fp16": "float16 weights (the stem as two float16 parts), float32 compute",
              "tflite_int8": "int8 (full integer: int8 weights per channel, int8 activations, uint8 input and output)",
              "onnx": "float32",
              "onnx_int8": "int8 (ONNX Runtime static QDQ: int8 weights per channel at 7 bits, uint8 activations) "
