@@ -63,7 +63,19 @@ def run(app, sock: socket.socket, connections: int) -> None:
 
     config = uvicorn.Config(app, log_level="warning", access_log=False, limit_concurrency=connections,
                             timeout_keep_alive=5, lifespan="off")
-    uvicorn.Server(config).run(sockets=[sock])
+    # uvicorn shuts down gracefully on SIGTERM and then raises the signal again: with the default handler that ends
+    # the process at once, so the caller's clean-up and its "server stopped" would never run
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main else None
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)  # 143: the exit status of a process ended by SIGTERM
 
 
 READY = re.compile(r"^serving .* at (http://\S+) ")
@@ -95,10 +107,10 @@ class ServerProcess:
                 self._ready.set()
         self._ready.set()  # it exited
 
-    def stop(self, timeout: float = 30.0) -> int:
-        """Interrupt the server (SIGINT, as Ctrl+C) and wait for it; its exit code (killed after timeout)."""
+    def stop(self, timeout: float = 30.0, sig: int = signal.SIGINT) -> int:
+        """Interrupt the server (SIGINT, as Ctrl+C; or sig) and wait for it; its exit code (killed after timeout)."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(sig)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:

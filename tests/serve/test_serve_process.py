@@ -97,6 +97,17 @@ def test_x_anylabelings_own_client_gets_the_shapes_and_its_saved_file_reads_back
         assert dice(drawn[..., c], masks[..., c]) >= 0.98, name
 
 
+def test_sigterm_stops_the_server_as_a_service_manager_does():
+    import signal
+
+    from keras_unet.serve.server import ServerProcess
+
+    running = ServerProcess(["--model", MODEL, "--port", "0"])
+    assert httpx.get(f"{running.url}/health", timeout=30).status_code == 200
+    assert running.stop(sig=signal.SIGTERM) == 143  # 128 + SIGTERM, as a process ended by the signal
+    assert running.output[-1] == "server stopped" and not [line for line in running.output if "Traceback" in line]
+
+
 def test_a_keras_run_folder_serves_the_masks_it_gave_in_0_1_0():
     """Any artefact: the v0.1 run folder (model.keras, TensorFlow in the server process only), its /v1/segment
     masks equal to the ones 0.1.0 gave for the same image (tests/fixtures/v0_1/expected_masks.npz)."""
