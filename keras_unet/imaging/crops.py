@@ -15,27 +15,13 @@ import math
 import cv2
 import numpy as np
 
-from keras_unet.imaging.postprocess import foreground_window
-
-
-def _stats(mask) -> np.ndarray:
-    """cv2 statistics (x, y, w, h, area per row) of each 8-connected component of a 2-D mask, in image pixels."""
-    m = (np.asarray(mask) > 0).astype(np.uint8)
-    if m.ndim != 2:
-        raise ValueError(f"expected a 2-D mask, got shape {m.shape}")
-    window = foreground_window(m)
-    if window is None:
-        return np.zeros((0, 5), np.int32)
-    stats = cv2.connectedComponentsWithStats(m[window], connectivity=8)[2][1:]
-    stats[:, cv2.CC_STAT_LEFT] += window[1].start
-    stats[:, cv2.CC_STAT_TOP] += window[0].start
-    return stats
+from keras_unet.imaging.postprocess import component_stats
 
 
 def component_bounds(mask, min_area: int = 0) -> list[tuple[int, int, int, int]]:
     """(y0, x0, y1, x1), ends exclusive, of every 8-connected component of at least min_area pixels, largest
     first (ties in raster order)."""
-    stats = _stats(mask)
+    stats = component_stats(mask)
     order = np.argsort(-stats[:, cv2.CC_STAT_AREA], kind="stable")
     found = []
     for k in order:

@@ -45,12 +45,6 @@ def _mask2d(mask) -> np.ndarray:
     return (m > 0).astype(np.uint8)
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Label image and per-label areas (index 0 is the background) of 8-connected components."""
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    return labels, stats[:, cv2.CC_STAT_AREA]
-
-
 def foreground_window(mask: np.ndarray):
     """(rows, columns) slices of the smallest box holding every foreground pixel of a 2-D mask; None when empty.
 
@@ -60,6 +54,41 @@ def foreground_window(mask: np.ndarray):
     if not rows.size:
         return None
     return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(columns[0]), int(columns[-1]) + 1)
+
+
+def _labelled(m: np.ndarray):
+    """(window, labels, stats) of the 8-connected components of a 0/1 uint8 mask, worked inside its foreground's
+    box (labels and stats in the box's pixels, row 0 the background); None when the mask is empty."""
+    window = foreground_window(m)
+    if window is None:
+        return None
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(m[window], connectivity=8)
+    return window, labels, stats
+
+
+def component_stats(mask) -> np.ndarray:
+    """cv2 statistics (x, y, w, h, area per row) of each 8-connected component of a 2-D mask, in image pixels."""
+    found = _labelled(_mask2d(mask))
+    if found is None:
+        return np.zeros((0, 5), np.int32)
+    window, _, stats = found
+    stats = stats[1:]
+    stats[:, cv2.CC_STAT_LEFT] += window[1].start
+    stats[:, cv2.CC_STAT_TOP] += window[0].start
+    return stats
+
+
+def _keep_components(mask, choose) -> np.ndarray:
+    """2-D 0/1 mask with only the components whose row of choose(areas) is True (areas[0]: the background)."""
+    m = _mask2d(mask)
+    found = _labelled(m)
+    if found is None:
+        return m
+    window, labels, stats = found
+    keep = choose(stats[:, cv2.CC_STAT_AREA])
+    keep[0] = False
+    m[window] = keep[labels]
+    return m
 
 
 def threshold(probs, thresholds) -> np.ndarray:
@@ -88,29 +117,20 @@ def stray_components(mask, expected: int) -> int:
 
 def remove_small(mask, min_area: int) -> np.ndarray:
     """2-D mask without the components of fewer than min_area pixels."""
-    m = _mask2d(mask)
-    window = foreground_window(m)
-    if min_area <= 1 or window is None:
-        return m
-    labels, areas = _components(m[window])
-    keep = areas >= min_area
-    keep[0] = False
-    m[window] = keep[labels]
-    return m
+    if min_area <= 1:
+        return _mask2d(mask)
+    return _keep_components(mask, lambda areas: areas >= min_area)
 
 
 def keep_largest(mask, n: int) -> np.ndarray:
     """2-D mask with only its n largest components (ties: the one met first in raster order wins)."""
-    m = _mask2d(mask)
-    window = foreground_window(m)
-    if window is None:
-        return m
-    labels, areas = _components(m[window])
-    order = np.argsort(-areas[1:], kind="stable") + 1
-    keep = np.zeros(len(areas), dtype=bool)
-    keep[order[:max(0, int(n))]] = True
-    m[window] = keep[labels]
-    return m
+    def largest(areas):
+        order = np.argsort(-areas[1:], kind="stable") + 1
+        keep = np.zeros(len(areas), dtype=bool)
+        keep[order[:max(0, int(n))]] = True
+        return keep
+
+    return _keep_components(mask, largest)
 
 
 def fill_holes(mask) -> np.ndarray:
