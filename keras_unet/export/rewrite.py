@@ -28,7 +28,8 @@ def float16_exact_stem(model: keras.Model, stem: str = STEM_LAYER) -> keras.Mode
     kernel, bias = _folded(conv, norm)
     high = kernel.astype(np.float16).astype(np.float64)
     low = (kernel - high).astype(np.float16).astype(np.float64)  # hi + lo: within 2^-22 of the kernel
-    replaced = norm or conv  # the layer whose output the pair stands for
+    replaced = conv if norm is None else norm  # the layer whose output the pair stands for
+    activation = conv.get_config().get("activation")
 
     inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=t.name) for t in model.inputs]
     new = {id(t): n for t, n in zip(model.inputs, inputs)}
@@ -44,8 +45,8 @@ def float16_exact_stem(model: keras.Model, stem: str = STEM_LAYER) -> keras.Mode
                 parts.append(part(x))
                 part.set_weights([w.astype(np.float32) for w in weights])
             y = layers.Add(name=f"{stem}_sum")(parts)
-            if conv.get_config().get("activation") not in (None, "linear"):
-                y = layers.Activation(conv.get_config()["activation"], name=f"{stem}_activation")(y)
+            if activation not in (None, "linear"):
+                y = layers.Activation(activation, name=f"{stem}_activation")(y)
             new[id(layer.output)] = y
             continue
         new[id(layer.output)] = layer(keras.tree.map_structure(lambda t: new[id(t)], layer.input))
