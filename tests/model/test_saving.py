@@ -19,16 +19,16 @@ def _network():
     return model
 
 
-def _trained(tmp_path):
+def _trained():
     model = _network()
     x = np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32)
     y = (x > 0.5).astype(np.float32).repeat(2, axis=-1)
     model.fit(x, y, epochs=1, batch_size=2, verbose=0)
-    return None, model, x, y
+    return model, x, y
 
 
 def test_model_and_weights_files_round_trip(tmp_path):
-    config, model, x, y = _trained(tmp_path)
+    model, x, y = _trained()
     saving.save_for_inference(model, tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
@@ -43,11 +43,11 @@ def test_model_and_weights_files_round_trip(tmp_path):
 
 
 def test_a_full_disk_keeps_the_earlier_weights_and_names_the_size(tmp_path, monkeypatch):
-    _, model, _, _ = _trained(tmp_path)
+    model, x, y = _trained()
     path = tmp_path / "backup.weights.h5"
     saving.save_weights_file(model, path)
     earlier, size = path.read_bytes(), path.stat().st_size
-    model.fit(*_trained(tmp_path)[2:], epochs=1, batch_size=2, verbose=0)
+    model.fit(x, y, epochs=1, batch_size=2, verbose=0)  # new weights, same shapes
     real = os.replace
 
     def full(src, dst, *args, **kwargs):
@@ -63,7 +63,7 @@ def test_a_full_disk_keeps_the_earlier_weights_and_names_the_size(tmp_path, monk
 
 
 def test_without_in_memory_saving_a_write_that_cannot_fit_is_refused_before_it_starts(tmp_path, monkeypatch):
-    _, model, _, _ = _trained(tmp_path)
+    model, _, _ = _trained()
     monkeypatch.setattr(saving, "_MEMORY_WEIGHTS", False)  # a Keras whose private saving API moved
     monkeypatch.setattr(saving, "free_bytes", lambda folder: 1000)
     with pytest.raises(DiskFullError) as error:
