@@ -214,7 +214,17 @@ class DistributedLoop:
         def test(batch):
             strategy.run(self._test_step, args=(batch,))
 
-        self.train, self.test = train, test
+        @tf.function
+        def scores():
+            return model.get_metrics_result()
+
+        @tf.function
+        def total(flag):
+            return strategy.reduce("SUM", strategy.run(lambda: tf.identity(flag)), axis=None)
+
+        # cross-replica reads and reductions run traced, never eagerly: TensorFlow's eager all-reduce runs in a
+        # ThreadPool that a lost worker leaves open, and its __del__ prints a traceback when the process exits
+        self.train, self.test, self._scores, self._total = train, test, scores, total
 
     def _train_step(self, data):
         with _global_batch_norm(self.model):
@@ -231,7 +241,7 @@ class DistributedLoop:
     def scores(self) -> dict:
         """The model's metric results over every replica (its variables' sums all-reduced), as floats."""
         with self.strategy.scope():
-            return {name: float(value) for name, value in self.model.get_metrics_result().items()}
+            return {name: float(value) for name, value in self._scores().items()}
 
     def broadcast(self, values):
         """The chief's values (first replica) on every replica (all-reduce with zeros elsewhere), as tensors."""
@@ -250,8 +260,7 @@ class DistributedLoop:
 
     def any(self, flag: bool) -> bool:
         """Whether flag is true on any worker."""
-        value = self.strategy.run(lambda: tf.constant(float(flag)))
-        return float(self.strategy.reduce("SUM", value, axis=None)) > 0
+        return float(self._total(tf.constant(float(flag)))) > 0
 
 
 def distribute(strategy, make, batch_size: int, repeat: bool):
