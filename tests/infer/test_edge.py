@@ -150,6 +150,8 @@ def test_threads_reach_the_runtimes(exported):
     session = EdgeSegmenter(out / "model.onnx", num_threads=1).network.__self__.session
     assert session.get_session_options().intra_op_num_threads == 1
     assert session.get_session_options().graph_optimization_level.name == "ORT_ENABLE_ALL"
+    # a chain's two sessions must not spin for the cores after each call (benchmarks/README.md, edge)
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
     batch = np.zeros((2, SIZE, SIZE, 1), np.float32)  # the TTA pair: one call of a LiteRT interpreter resized to 2
     model = EdgeSegmenter(out / "model.tflite", num_threads=1).network.__self__
     assert model.predict(batch).shape == (2, SIZE, SIZE, len(CLASSES)) and model.input["shape"][0] == 1
