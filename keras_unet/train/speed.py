@@ -100,18 +100,13 @@ def precision_choice(precision: str, gpus: int, flags, bf16_validated: bool = BF
 # -- XLA: the figures "auto" decides from -------------------------------------------------------------------
 # Measured with benchmarks/jit_payoff.py and benchmarks/train_vs_torch.py on AMD EPYC (avx2, fma), 2 cores,
 # TensorFlow 2.21 (benchmarks/README.md); each constant is taken on the side that keeps XLA off when in doubt.
-XLA_STEP_SAVING = 0.2  # share of a plain CPU step's seconds XLA saves on an AVX2 CPU: the least measured on idle
-# cores, 21% at 128 px base 12 batch 8 (32% at batch 4, 49% at 192 px base 16, 47% at 256 px base 16; 19-24% at
-# 256 px base 32 and 64 on shared cores)
-# ...for a U-Net of at least this many forward convolution GFLOP per image: XLA 14% slower per step at 64 px base 4
-# depth 2 (0.01 GFLOP), faster from 128 px base 12 (0.85 GFLOP) on (an earlier 10% slower there was taken on cores
-# shared with seven other sessions)
-XLA_MIN_GFLOP = 0.5
-XLA_COMPILE_SECONDS = 45.0  # XLA's extra first-epoch seconds, train and test functions (measured 7-37 s)
+XLA_STEP_SAVING = 0.15  # share of a plain CPU step's seconds XLA saves on an AVX2 CPU (measured 19-24%)
+# ...for a U-Net of at least this many forward convolution GFLOP per image: XLA measured 10% slower per step at
+# 128 px base 12 (0.96 GFLOP) and 163% slower at 64 px base 4, 19-24% faster at 256 px base 32 and 64 (27, 109)
+XLA_MIN_GFLOP = 4.0
+XLA_COMPILE_SECONDS = 45.0  # XLA's extra first-epoch seconds, train and test functions (measured 17-37 s)
 PLAIN_CONV_FLOPS_PER_CORE = 40e9  # FLOP/s per core the plain step's convolutions reach (measured 29-37e9)
 PLAIN_ELEMENT_SECONDS_PER_CORE = 2e-9  # seconds per core per activation value (batch norm, ReLU, ...; ~3e-9)
-PLAIN_STEP_OVERHEAD_SECONDS = 0.1  # a plain step's seconds besides its work: running its few hundred operators
-# (measured 0.115 s at 64 px base 4 depth 2, batch 8, whose work takes ~0.003 s)
 PAYBACK_MARGIN = 2.0  # XLA only when the seconds it saves are at least twice the seconds it costs
 
 
@@ -169,11 +164,10 @@ def estimated_step_seconds(config, cores: int) -> float:
     """Seconds of one plain (no XLA) training step on `cores` cores, estimated from the U-Net's work.
 
     Forward and backward: 3 x the forward convolutions and 6 passes over the activations, at the per-core rates
-    measured on an AVX2 EPYC taken high and scaled with the cores (so the estimate errs short: XLA off), plus the
-    step's fixed cost of running its operators."""
+    measured on an AVX2 EPYC taken high and scaled with the cores (so the estimate errs short: XLA off)."""
     flops, values = unet_work(config)
-    work = 3 * flops / PLAIN_CONV_FLOPS_PER_CORE + 6 * values * PLAIN_ELEMENT_SECONDS_PER_CORE
-    return PLAIN_STEP_OVERHEAD_SECONDS + config.batch_size * work / cores
+    batch = config.batch_size
+    return batch * (3 * flops / PLAIN_CONV_FLOPS_PER_CORE + 6 * values * PLAIN_ELEMENT_SECONDS_PER_CORE) / cores
 
 
 def machine_key(cpuinfo: str, cores: int) -> str:
