@@ -51,7 +51,7 @@ class OnnxModel:
         options.enable_cpu_mem_arena = False  # the arena kept ~50 MB more resident on the 1024 px chain, no faster
         options.enable_mem_pattern = False
         # a chain holds two sessions, each with its own pool: threads spinning after a call took the cores from the
-        # other session and the numpy steps between calls (2 cores, JSRT chain: 184 ms a file spinning, 1 thread 173)
+        # other session and the numpy steps between calls (2 cores, JSRT chain: 184 ms a file spinning, 147 not)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options,
