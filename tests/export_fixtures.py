@@ -12,6 +12,7 @@ import pytest
 
 from keras_unet.config import Config, ModelConfig
 from keras_unet.io.files import write_json_atomic
+from keras_unet.model.saving import save_for_inference
 
 CLASSES = ["left_bone", "right_bone"]
 SIZE = 64
@@ -88,7 +89,7 @@ def make_run(folder: Path, precision: str = "float32", steps: int = 60, sharpen:
                   epochs=1, verbose=0)
         logits = model.get_layer("logits")
         logits.set_weights([w * sharpen for w in logits.get_weights()])
-        model.save(run / "model.keras")
+        save_for_inference(model, run / "model.keras")  # as a run writes it: the plain network
     finally:
         keras.config.set_dtype_policy("float32")
     write_json_atomic(run / "config.json", config.to_dict())
@@ -142,7 +143,7 @@ def make_refine_run(folder: Path, steps: int = 60, sharpen: float = 4.0) -> Path
     logits = model.get_layer("logits")
     logits.set_weights([w * sharpen for w in logits.get_weights()])
     (run / "refine").mkdir()
-    model.save(run / "refine" / "model.keras")
+    save_for_inference(model, run / "refine" / "model.keras")
     write_json_atomic(run / "refine" / "config.json", fine.to_dict())
     return run
 

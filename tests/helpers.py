@@ -14,6 +14,7 @@ import pytest
 
 from keras_unet.config import Config, ModelConfig
 from keras_unet.io.files import write_json_atomic
+from keras_unet.model.saving import save_for_inference
 
 CLASSES = ["left_clavicle", "right_clavicle", "rib"]  # the bundled sample's classes
 SIZE = 64
@@ -47,7 +48,7 @@ def tiny_config() -> Config:
 def _save_run(model, folder, config: Config | None = None) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save(folder / "model.keras")
+    save_for_inference(model, folder / "model.keras")
     write_json_atomic(folder / "config.json", (config or tiny_config()).to_dict())
     return folder
 

@@ -164,7 +164,7 @@ def export_run(model_path, out, options: ExportOptions | None = None, log=print)
     check_out_dir(out, options.overwrite, "export folder", keep=model_path)
     check_packages(options.formats)
     source, config = load_run(model_path)
-    model = float32_model(source, config)
+    model = float32_model(source)
     check_shapes(model, config)
     fine = refine_model(model_path.parent, config, options, log)
     calibration, parity = select_images(model_path.parent, config, options, log)
@@ -203,7 +203,7 @@ def refine_model(run_dir: Path, config: Config, options: ExportOptions, log) -> 
             f"{folder} has no {MODEL_FILE}: training unfinished?") + "); the artefacts give the first stage's masks")
         return None
     source, fine_config = load_run(folder / MODEL_FILE)
-    model = float32_model(source, fine_config)
+    model = float32_model(source)
     check_shapes(model, fine_config)
     return model, fine_config
 

@@ -53,7 +53,7 @@ def _checked(config: Config, where) -> Config:
     return config.validate()
 
 
-def _keras_network(path: Path, config: Config):
+def _keras_network(path: Path):
     """A .keras model as a network, rebuilt in float32 where there is no GPU (float16 layers are slow on CPUs)."""
     import tensorflow as tf
 
@@ -61,7 +61,7 @@ def _keras_network(path: Path, config: Config):
 
     model = load_model(path)
     if not tf.config.list_physical_devices("GPU"):
-        model = float32_model(model, config)
+        model = float32_model(model)
     return keras_network(model)
 
 
@@ -90,7 +90,7 @@ def load_predictor(path, refine: bool = True, threads: int | None = None) -> Pre
     suffix = path.suffix.lower()
     if suffix == ".keras":
         config = read_settings([path.parent / CONFIG_FILE, path.parent / METADATA_FILE], path)
-        predictor = Predictor(_keras_network(path, config), config, path)
+        predictor = Predictor(_keras_network(path), config, path)
         return _with_refine_stage(predictor, path.parent / REFINE_DIR) if refine and config.refine.enabled else predictor
     if suffix in (".tflite", ".onnx"):
         return load_exported(path, refine, threads)

@@ -24,7 +24,6 @@ import keras_unet.model.losses  # noqa: F401  (registers the custom losses and m
 from keras_unet.config import Config, load_config
 from keras_unet.errors import ConfigError, DataError, KerasUnetError, first_line
 from keras_unet.io.files import DiskFullError, atomic_path, free_bytes, write_bytes_atomic
-from keras_unet.model.unet import model_from_config
 from keras_unet.run_folder import CONFIG_FILE, MODEL_FILE, PRETRAIN_DIR, PRETRAIN_WEIGHTS
 
 
@@ -181,19 +180,21 @@ def is_mixed(model) -> bool:
     return any(layer.dtype_policy.compute_dtype != "float32" for layer in model.layers)
 
 
-def float32_model(model, config: Config):
-    """The model itself when it computes in float32, else a float32 rebuild from the config with its weights."""
+def float32_model(model):
+    """The model itself when it computes in float32, else a float32 copy of its layers with its weights.
+
+    The copy follows the model's own layers, not the U-Net today's code builds from config.json, so a model file
+    whose layers differ from that (an earlier version's, a hand-built network) converts too."""
     if not is_mixed(model):
         return model
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")
+    structure = model.get_config()
+    for layer in structure["layers"]:
+        layer["config"]["dtype"] = "float32"
     try:
-        rebuilt = model_from_config(config)
+        rebuilt = keras.Model.from_config(structure)
         rebuilt.set_weights(model.get_weights())
     except ValueError as exc:
-        raise ConfigError(f"the model does not match its config.json ({first_line(exc)})") from None
-    finally:
-        keras.config.set_dtype_policy(previous)
+        raise ConfigError(f"the model cannot be rebuilt in float32 ({first_line(exc)})") from None
     return rebuilt
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from keras_unet.errors import TrainingError, first_line
 from keras_unet.io.files import write_bytes_atomic
 from keras_unet.model.saving import save_for_inference, save_weights_file
 from keras_unet.progress import StatusLine, is_terminal, time_left
@@ -47,6 +48,14 @@ class SafeBackup(keras.callbacks.BackupAndRestore):
         super().__init__(str(backup_dir), double_checkpoint=True, delete_checkpoint=False)
         self.budget, self._clock = budget, clock
         self._saved_at, self._save_seconds = None, 0.0
+
+    def on_train_begin(self, logs=None):
+        try:
+            super().on_train_begin(logs)
+        except ValueError as exc:  # weights of another layout: an earlier version's decoder, other model settings
+            raise TrainingError(f"{self.backup_dir}: the backup of the unfinished run does not fit this model "
+                                f"({first_line(exc)[:160]}); it was written by another keras_unet version or other "
+                                "model settings: rerun with --overwrite to start again") from None
 
     def on_epoch_end(self, epoch, logs=None):
         if not finite((logs or {}).get("loss")):
