@@ -290,7 +290,8 @@ def _self_train(config: Config, out: Path, start, log) -> dict:
     log(f"pseudo-labels: {summary['images']} images in {out / PSEUDO_DIR}"
         + (f" ({len(summary['skipped'])} left out)" if summary["skipped"] else ""))
     pseudo = prepare_samples(out / PSEUDO_DIR, config.classes, cache_dir=config.cache_dir or None, log=log)
-    result = _train_stage(config.student_stage(), out, True, None, log, extra_train=pseudo, save_config=False)
+    resuming = (out / BACKUP_DIR).exists() or (out / HISTORY_FILE).exists()  # the student had begun
+    result = _train_stage(config.student_stage(), out, resuming, None, log, extra_train=pseudo, save_config=False)
     result.update(teacher=teacher_result, pseudo_labelled=len(pseudo))
     write_json_atomic(out / METRICS_FILE, result)
     return result

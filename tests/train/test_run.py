@@ -320,6 +320,7 @@ def test_self_training_trains_a_teacher_labels_the_unlabelled_images_and_resumes
     assert saved.epochs == 1 and saved.self_train.epochs == 2  # the run's settings, not the stage's
     teacher = load_config(out / "teacher" / "config.json")
     assert not teacher.self_train.data and teacher.epochs == 1
+    assert [line.split()[0] for line in lines if line.startswith(("run:", "resuming:"))] == ["run:", "run:"]
 
     (out / "metrics.json").unlink()  # as if killed while the self-trained model was training
     teacher_model = out / "teacher" / "model.keras"
@@ -327,6 +328,7 @@ def test_self_training_trains_a_teacher_labels_the_unlabelled_images_and_resumes
     lines.clear()
     train(tiny_config(small_data, out, tmp_path / "cache", **overrides), log=lines.append)
     assert any("teacher already finished" in line for line in lines)
+    assert any(line.startswith(f"resuming: {out} ") for line in lines)  # the student's stage
     assert teacher_model.read_bytes() == b"not a model"
     assert json.loads((out / "metrics.json").read_text())["pseudo_labelled"] == 3
 
