@@ -89,7 +89,7 @@ def make_run(folder: Path, precision: str = "float32", steps: int = 60, sharpen:
                   epochs=1, verbose=0)
         logits = model.get_layer("logits")
         logits.set_weights([w * sharpen for w in logits.get_weights()])
-        save_for_inference(model, run / "model.keras")  # as a run writes it: the plain network
+        save_for_inference(model, run / "model.keras")  # as a run writes it: the network alone
     finally:
         keras.config.set_dtype_policy("float32")
     write_json_atomic(run / "config.json", config.to_dict())

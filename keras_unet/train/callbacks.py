@@ -52,7 +52,7 @@ class SafeBackup(keras.callbacks.BackupAndRestore):
     def on_train_begin(self, logs=None):
         try:
             super().on_train_begin(logs)
-        except ValueError as exc:  # weights of another layout: an earlier version's decoder, other model settings
+        except ValueError as exc:  # weights of other shapes: a backup written by another version of the network
             raise TrainingError(f"{self.backup_dir}: the backup of the unfinished run does not fit this model "
                                 f"({first_line(exc)[:160]}); it was written by another keras_unet version or other "
                                 "model settings: rerun with --overwrite to start again") from None

@@ -75,10 +75,8 @@ def test_without_in_memory_saving_a_write_that_cannot_fit_is_refused_before_it_s
 
 
 def test_float32_model_converts_a_mixed_model_of_another_layout():
-    from keras_unet.model.saving import float32_model, is_mixed
-
     keras.config.set_dtype_policy("mixed_float16")
-    try:  # an earlier decoder layout: one convolution over a concatenation
+    try:  # a network that is not the U-Net its config.json would build
         inputs = keras.Input((None, None, 1))
         a = keras.layers.Conv2D(4, 3, padding="same", name="a")(inputs)
         merged = keras.layers.Concatenate(name="concat")([a, inputs])
@@ -86,9 +84,8 @@ def test_float32_model_converts_a_mixed_model_of_another_layout():
         mixed = keras.Model(inputs, out)
     finally:
         keras.config.set_dtype_policy("float32")
-    rebuilt = float32_model(mixed)
-    assert is_mixed(mixed) and not is_mixed(rebuilt)
+    rebuilt = saving.float32_model(mixed)
+    assert saving.is_mixed(mixed) and not saving.is_mixed(rebuilt)
     assert [layer.name for layer in rebuilt.layers] == [layer.name for layer in mixed.layers]
     x = np.random.default_rng(0).random((1, 8, 8, 1), "float32")
     np.testing.assert_allclose(rebuilt.predict(x, verbose=0), mixed.predict(x, verbose=0), atol=2e-3)
-

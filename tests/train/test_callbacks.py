@@ -22,7 +22,7 @@ def test_a_backup_of_another_model_layout_stops_in_one_line_and_is_kept(tmp_path
     files = sorted(p.name for p in backup_dir.iterdir())
     assert files
     again = SafeBackup(backup_dir)
-    again.set_model(_compiled(8))  # other weight shapes, as an earlier version's decoder has
+    again.set_model(_compiled(8))  # other weight shapes, as a backup of another version's network can have
     with pytest.raises(TrainingError, match=r"backup of the unfinished run does not fit this model .*--overwrite"):
         again.on_train_begin()
     assert sorted(p.name for p in backup_dir.iterdir()) == files
