@@ -4,7 +4,8 @@ Each variant runs keras_unet.train.run.train (the train.py path: masks cache, tf
 fit with all callbacks, checkpoint, final validation) for one epoch in a fresh subprocess over phantom
 radiographs; the peak RSS of that subprocess is read from os.wait4's rusage (ru_maxrss) and its VmHWM.
 Variants: default (the project's defaults: no XLA on a CPU), xla (jit_compile: true, with the memory-saving XLA
-scheduler keras_unet.train.run sets for it), xla_concurrent (XLA's own concurrency-optimised scheduler).
+scheduler keras_unet.train.run sets for it), xla_concurrent (XLA's own concurrency-optimised scheduler), bf16
+(precision mixed_bfloat16: what "auto" picks on a CPU with avx512_bf16 or AMX).
 The ratio is the 6 GiB budget over the peak (above 1: within budget).
 
     python benchmarks/memory.py [--quick]
@@ -31,6 +32,7 @@ VARIANTS = {  # name: (config overrides, environment)
     "default": ({}, {}),
     "xla": ({"jit_compile": True}, {}),
     "xla_concurrent": ({"jit_compile": True}, {"XLA_FLAGS": "--xla_cpu_enable_concurrency_optimized_scheduler=true"}),
+    "bf16": ({"precision": "mixed_bfloat16"}, {}),
 }
 
 

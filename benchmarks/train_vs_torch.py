@@ -15,6 +15,8 @@ in turn for one repetition of `--steps` steps, in an order that rotates, and tak
   keras_xla     jit_compile true (XLA, with the memory-saving scheduler keras_unet.train.run sets for it)
   keras_xla_concurrent  the same with XLA's default concurrency-optimised scheduler (before that change)
   keras_onednn  TF_ENABLE_ONEDNN_OPTS=1 (TensorFlow's oneDNN kernels; off by default on CPUs without AVX-512)
+  keras_bf16    precision mixed_bfloat16 (bf16 convolutions through oneDNN; pays only on avx512_bf16 / AMX CPUs)
+  keras_bf16_xla  mixed_bfloat16 with jit_compile true
   torch         the PyTorch reference
 
     python benchmarks/train_vs_torch.py [--quick]
@@ -33,12 +35,15 @@ from common import (Report, Worker, bench_config, configure_tf, cores, interleav
 
 VARIANTS = {  # name: (worker kind, jit_compile, extra environment)
     "keras": ("keras", "auto", {}),
+    "keras_bf16": ("keras", "auto", {}),
+    "keras_bf16_xla": ("keras", True, {}),
     "keras_xla": ("keras", True, {}),
     "keras_xla_concurrent": ("keras", True, {"XLA_FLAGS": "--xla_cpu_enable_concurrency_optimized_scheduler=true"}),
     "keras_onednn": ("keras", "auto", {"TF_ENABLE_ONEDNN_OPTS": "1"}),
     "keras_onednn_xla": ("keras", True, {"TF_ENABLE_ONEDNN_OPTS": "1"}),
     "torch": ("torch", None, {}),
 }
+PRECISIONS = {"keras_bf16": "mixed_bfloat16", "keras_bf16_xla": "mixed_bfloat16"}  # the others: float32
 
 
 def torch_unet(in_channels: int = 1, classes: int = 3, base: int = 64, depth: int = 4):
@@ -131,9 +136,11 @@ def keras_worker(spec: dict) -> None:
     from keras_unet.data.pipeline import make_dataset
     from keras_unet.model.unet import model_from_config
 
-    config = bench_config(spec["folder"], spec["size"], spec["base"], spec["batch"], jit_compile=spec["jit"])
+    config = bench_config(spec["folder"], spec["size"], spec["base"], spec["batch"], jit_compile=spec["jit"],
+                          precision=spec["precision"])
     samples = samples_in(spec["folder"])
     keras.utils.set_random_seed(config.seed)
+    keras.config.set_dtype_policy(config.precision)  # as keras_unet.train.run does before building the model
     model = compile_model(config, spec["steps"], model_from_config(config))
     dataset = make_dataset(samples, config, training=True)  # one epoch = `steps` batches
     timer = StepTimer()
@@ -211,7 +218,7 @@ def worker_main(spec: dict) -> int:
 
 def start_worker(name: str, spec: dict) -> Worker:
     kind, jit, env = VARIANTS[name]
-    spec = {**spec, "kind": kind, "jit": jit}
+    spec = {**spec, "kind": kind, "jit": jit, "precision": PRECISIONS.get(name, "float32")}
     return Worker(name, [__file__, "--worker", json.dumps(spec)], env=env)
 
 
@@ -250,6 +257,9 @@ def measure(report, folder, size, base, args, threads):
         if name != "torch":
             tail = "" if name == "keras" else "_" + name.removeprefix("keras_")
             report.ratio(f"train_vs_torch_{suffix}{tail}", rates[name] / rates["torch"])
+    for bf16, float32 in (("keras_bf16", "keras"), ("keras_bf16_xla", "keras_xla")):
+        if bf16 in rates and float32 in rates:  # issue 23's bf16 target: >= 1.5x float32 images/s in one run
+            report.ratio(f"train_{bf16.removeprefix('keras_')}_vs_float32_{suffix}", rates[bf16] / rates[float32])
 
 
 def parse_args(argv=None):
