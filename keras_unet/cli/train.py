@@ -19,7 +19,7 @@ SETTINGS_TABLE = """
 --loss              loss                str    training loss
 --out               out                 str    run directory
 --seed              seed                int    random seed for the split, initialisation and augmentation
---precision         precision           str    auto: mixed_float16 with a GPU, float32 without
+--precision         precision           str    auto: mixed_float16 on a GPU, mixed_bfloat16 on a bf16 CPU, else float32
 --val-fraction      val_fraction        float  share of images held back for validation
 --line-width        line_width          int    pixel width of line and linestrip shapes
 --depth             model.depth         int    U-Net levels

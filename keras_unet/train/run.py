@@ -53,7 +53,7 @@ def gpu_count() -> int:
 
 
 def resolve_precision(precision: str) -> str:
-    """Concrete dtype policy: 'auto' is mixed_float16 with a GPU, float32 without (speed.precision_choice)."""
+    """Concrete dtype policy: 'auto' is mixed_float16 with a GPU, mixed_bfloat16 on a bf16 CPU, else float32."""
     return precision_decision(precision).value
 
 

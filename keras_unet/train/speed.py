@@ -74,9 +74,10 @@ def cpu_cores() -> int:
 
 # -- precision --------------------------------------------------------------------------------------------
 
-# mixed_bfloat16 becomes what "auto" picks on a bf16 CPU only once the JSRT recipe has shown it costs no accuracy
-# (clavicle Dice within 0.005 of float32 on held-back images, issue 23); until then it is an explicit opt-in.
-BF16_VALIDATED = False
+# "auto" picks mixed_bfloat16 on a bf16 CPU because the JSRT recipe showed it costs no accuracy (issue 23: clavicle
+# Dice within 0.005 of float32 on held-back images; docs/experiments.md, "bf16 on the JSRT recipe") at 1.45-1.65x
+# float32's training images/s (benchmarks/README.md). False would make it an explicit opt-in again.
+BF16_VALIDATED = True
 
 
 def precision_choice(precision: str, gpus: int, flags, bf16_validated: bool = BF16_VALIDATED) -> Choice:
@@ -94,13 +95,18 @@ def precision_choice(precision: str, gpus: int, flags, bf16_validated: bool = BF
     if not bf16_validated:
         return Choice("float32", f"auto: the CPU has {', '.join(bf16)}, but bf16 is not validated on the JSRT "
                                  "recipe yet (--precision mixed_bfloat16 opts in)")
-    return Choice("mixed_bfloat16", f"auto: no GPU, the CPU has {', '.join(bf16)}")
+    return Choice("mixed_bfloat16", f"auto: no GPU, the CPU has {', '.join(bf16)} (bf16 matched float32's Dice on "
+                                    "the JSRT recipe)")
 
 
 # -- XLA: the figures "auto" decides from -------------------------------------------------------------------
 # Measured with benchmarks/jit_payoff.py and benchmarks/train_vs_torch.py on AMD EPYC (avx2, fma), 2 cores,
 # TensorFlow 2.21 (benchmarks/README.md); each constant is taken on the side that keeps XLA off when in doubt.
 XLA_STEP_SAVING = 0.15  # share of a plain CPU step's seconds XLA saves on an AVX2 CPU (measured 19-24%)
+# On AVX-512 CPUs TensorFlow runs oneDNN's kernels, and XLA's step was measured slower than the plain one:
+# -18% / -17% at 256 px base 32 / 64 float32 and -66% / -73% in mixed_bfloat16 (AMD EPYC Zen 4, 2 cores)
+XLA_STEP_SAVING_AVX512 = -0.17
+XLA_STEP_SAVING_BF16 = -0.66  # mixed_bfloat16 on a CPU: oneDNN's bf16 convolutions, which XLA does not use
 # ...for a U-Net of at least this many forward convolution GFLOP per image: XLA measured 10% slower per step at
 # 128 px base 12 (0.96 GFLOP) and 163% slower at 64 px base 4, 19-24% faster at 256 px base 32 and 64 (27, 109)
 XLA_MIN_GFLOP = 4.0
@@ -209,11 +215,15 @@ def jit_inputs(config, planned_steps: int, measured: dict, flags, cores: int) ->
     step = plain.get("step_seconds") or estimated_step_seconds(config, cores)
     if plain.get("step_seconds") and xla.get("step_seconds"):
         saving, saving_from = 1.0 - xla["step_seconds"] / plain["step_seconds"], "measured"
+    elif config.precision == "mixed_bfloat16":
+        saving, saving_from = XLA_STEP_SAVING_BF16, "bf16 constant: XLA measured slower than oneDNN's bf16 step"
     elif "avx2" in flags and "avx512f" not in flags and unet_work(config)[0] < XLA_MIN_GFLOP * 1e9:
         saving, saving_from = 0.0, f"a U-Net under {XLA_MIN_GFLOP:g} GFLOP an image: XLA measured slower there"
     elif "avx2" in flags and "avx512f" not in flags:
         saving, saving_from = XLA_STEP_SAVING, "AVX2 constant"
-    else:  # AVX-512 CPUs run oneDNN kernels where XLA was measured slower at inference; unknown elsewhere
+    elif "avx512f" in flags:
+        saving, saving_from = XLA_STEP_SAVING_AVX512, "AVX-512 constant: XLA measured slower than oneDNN's step"
+    else:  # neither x86 family: unknown
         saving, saving_from = 0.0, "not measured on this CPU: train once with jit_compile true to measure it"
     if xla.get("startup_seconds") is not None:
         compile_seconds = max(xla["startup_seconds"] - plain.get("startup_seconds", 0.0), 1.0)

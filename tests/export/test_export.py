@@ -61,12 +61,13 @@ def test_onnx_has_a_dynamic_batch(exported):
     assert probs.shape == (3, SIZE, SIZE, len(CLASSES)) and probs.dtype == np.float32
 
 
-def test_mixed_precision_run_exports(tmp_path_factory):
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_run_exports(tmp_path_factory, precision):
     pytest.importorskip("ai_edge_litert")
     from keras_unet.export.exporter import export_run, load_run
     from keras_unet.model.saving import is_mixed
 
-    run = cached_run("mixed_run", tmp_path_factory, precision="mixed_float16", steps=2)
+    run = cached_run(f"{precision}_run", tmp_path_factory, precision=precision, steps=2)
     assert is_mixed(load_run(run / "model.keras")[0])
     out = tmp_path_factory.mktemp("mixed") / "export"
     metadata = export_run(run / "model.keras", out, ExportOptions(formats=("tflite",), parity_images=4), log=None)

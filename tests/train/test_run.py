@@ -158,10 +158,12 @@ def test_resume_finishes_the_planned_epochs(small_data, tmp_path, monkeypatch):
     assert epochs == [0, 1, 2] and result["epochs_run"] == 3
 
 
-def test_auto_precision_is_mixed_float16_with_a_gpu_and_float32_without(monkeypatch):
+@pytest.mark.parametrize("flags, cpu", [("fpu avx2 fma", "float32"), ("avx2 avx512f avx512_bf16", "mixed_bfloat16")])
+def test_auto_precision_is_mixed_float16_with_a_gpu_else_bf16_on_a_bf16_cpu_else_float32(monkeypatch, flags, cpu):
     from keras_unet.train import run
 
-    for gpus, expected in ((0, "float32"), (1, "mixed_float16"), (2, "mixed_float16")):
+    monkeypatch.setattr(run, "read_cpuinfo", lambda: f"model name\t: a CPU\nflags\t\t: {flags}\n")
+    for gpus, expected in ((0, cpu), (1, "mixed_float16"), (2, "mixed_float16")):
         monkeypatch.setattr(run, "gpu_count", lambda gpus=gpus: gpus)
         assert resolve_precision("auto") == expected, gpus
         assert resolve_precision("mixed_bfloat16") == "mixed_bfloat16"  # a named policy is kept as it is

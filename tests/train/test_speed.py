@@ -1,6 +1,7 @@
 """The speed choices: CPU flags read from /proc/cpuinfo text, the precision "auto" picks, when XLA pays, the speed
 cache, and what a run records in config.json."""
 
+import dataclasses
 import json
 
 import pytest
@@ -45,9 +46,10 @@ def test_auto_precision_picks_bf16_only_on_a_bf16_cpu_once_validated(cpuinfo, va
     assert choice.value == expected and words in choice.reason
 
 
-def test_auto_precision_today_is_float32_even_on_a_bf16_cpu():
-    assert speed.BF16_VALIDATED is False  # flip only with the JSRT recipe's float32 vs bf16 Dice (issue 23)
-    assert speed.precision_choice("auto", 0, speed.cpu_flags(ZEN4)).value == "float32"
+def test_auto_precision_today_is_bf16_on_a_bf16_cpu_and_float32_elsewhere():
+    assert speed.BF16_VALIDATED is True  # the JSRT recipe's float32 vs bf16 Dice (issue 23, docs/experiments.md)
+    assert speed.precision_choice("auto", 0, speed.cpu_flags(ZEN4)).value == "mixed_bfloat16"
+    assert speed.precision_choice("auto", 0, speed.cpu_flags(AVX2)).value == "float32"
 
 
 def test_a_gpu_or_an_explicit_policy_wins_over_the_cpu_flags():
@@ -101,9 +103,18 @@ def test_auto_xla_is_off_for_short_runs_and_small_unets_and_on_for_the_jsrt_firs
     config.jit_compile = "auto"
     choice = speed.resolve_jit_compile(config, steps, cpuinfo=AVX2, cores=2, cache=tmp_path / "speed.json")
     assert choice.value is expected, (name, choice.reason)
-    # on a CPU where XLA's saving was never measured (AVX-512: oneDNN kernels) it stays off
+    # on an AVX-512 CPU (oneDNN kernels, where XLA's step was measured slower) and in bf16 it stays off
     other = speed.resolve_jit_compile(config, steps, cpuinfo=ZEN4, cores=2, cache=tmp_path / "speed.json")
-    assert other.value is False and "train once with jit_compile true" in other.reason
+    assert other.value is False and "AVX-512 constant" in other.reason
+    bf16 = dataclasses.replace(config, precision="mixed_bfloat16")
+    other = speed.resolve_jit_compile(bf16, steps, cpuinfo=AVX2, cores=2, cache=tmp_path / "speed.json")
+    assert other.value is False and "bf16 constant" in other.reason
+
+
+def test_auto_xla_is_unknown_and_off_on_a_cpu_of_neither_x86_family(tmp_path):
+    choice = speed.resolve_jit_compile(Config(jit_compile="auto"), 10 ** 6, cpuinfo=ARM, cores=2,
+                                       cache=tmp_path / "speed.json")
+    assert choice.value is False and "train once with jit_compile true" in choice.reason
 
 
 def test_jit_compile_set_in_the_config_is_kept():
