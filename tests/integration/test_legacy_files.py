@@ -44,7 +44,9 @@ def test_old_artefacts_give_the_old_masks(kind, expected):
         want = expected[f"{kind}__{stem}"]
         assert masks.shape == want.shape and masks.any()
         differ = int(np.count_nonzero(masks != want))
-        assert differ == 0, f"{kind} {stem}: {differ} pixels differ from the 0.1.0 masks"
+        # the masks were made on an AVX2 CPU; another CPU's kernels (oneDNN on AVX-512) round differently and flip
+        # a pixel whose probability sits on the threshold (1 of 786k here on an AMD Zen 4): 1 in 10^5 may
+        assert differ <= masks.size // 100_000, f"{kind} {stem}: {differ} pixels differ from the 0.1.0 masks"
 
 
 def test_the_old_export_runs_on_the_edge_runner(expected, tmp_path):

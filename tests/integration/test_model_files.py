@@ -31,7 +31,8 @@ print(json.dumps({"ours": sorted(m for m in sys.modules if m.startswith("keras_u
 def test_model_keras_loads_with_keras_alone_in_a_fresh_interpreter(tmp_path):
     run = tmp_path / "run"
     code = train_main(["--image-size", "64", "--depth", "2", "--base-filters", "4", "--epochs", "1",
-                       "--out", str(run), "--cache-dir", str(tmp_path / "cache"), "--no-augment"])
+                       "--out", str(run), "--cache-dir", str(tmp_path / "cache"), "--no-augment",
+                       "--precision", "float32"])  # float32 as the predictor runs it on a CPU (auto: bf16 on some)
     assert code == 0
     predictor = load_predictor(run, refine=False)
     batch = np.stack([prepare(read_image(SAMPLE_DIR / f"phantom_00{i}.png"), predictor.config)[0]
