@@ -33,17 +33,17 @@ from pathlib import Path
 from common import (Report, Worker, bench_config, configure_tf, cores, interleave, limit_threads, median,
                     phantom_samples, serve, spread)
 
-VARIANTS = {  # name: (worker kind, jit_compile, extra environment)
-    "keras": ("keras", "auto", {}),
-    "keras_bf16": ("keras", "auto", {}),
-    "keras_bf16_xla": ("keras", True, {}),
-    "keras_xla": ("keras", True, {}),
-    "keras_xla_concurrent": ("keras", True, {"XLA_FLAGS": "--xla_cpu_enable_concurrency_optimized_scheduler=true"}),
-    "keras_onednn": ("keras", "auto", {"TF_ENABLE_ONEDNN_OPTS": "1"}),
-    "keras_onednn_xla": ("keras", True, {"TF_ENABLE_ONEDNN_OPTS": "1"}),
-    "torch": ("torch", None, {}),
+XLA_CONCURRENT = {"XLA_FLAGS": "--xla_cpu_enable_concurrency_optimized_scheduler=true"}
+VARIANTS = {  # name: (worker kind, jit_compile, precision, extra environment)
+    "keras": ("keras", "auto", "float32", {}),
+    "keras_bf16": ("keras", "auto", "mixed_bfloat16", {}),
+    "keras_bf16_xla": ("keras", True, "mixed_bfloat16", {}),
+    "keras_xla": ("keras", True, "float32", {}),
+    "keras_xla_concurrent": ("keras", True, "float32", XLA_CONCURRENT),
+    "keras_onednn": ("keras", "auto", "float32", {"TF_ENABLE_ONEDNN_OPTS": "1"}),
+    "keras_onednn_xla": ("keras", True, "float32", {"TF_ENABLE_ONEDNN_OPTS": "1"}),
+    "torch": ("torch", None, "float32", {}),
 }
-PRECISIONS = {"keras_bf16": "mixed_bfloat16", "keras_bf16_xla": "mixed_bfloat16"}  # the others: float32
 
 
 def torch_unet(in_channels: int = 1, classes: int = 3, base: int = 64, depth: int = 4):
@@ -217,8 +217,8 @@ def worker_main(spec: dict) -> int:
 
 
 def start_worker(name: str, spec: dict) -> Worker:
-    kind, jit, env = VARIANTS[name]
-    spec = {**spec, "kind": kind, "jit": jit, "precision": PRECISIONS.get(name, "float32")}
+    kind, jit, precision, env = VARIANTS[name]
+    spec = {**spec, "kind": kind, "jit": jit, "precision": precision}
     return Worker(name, [__file__, "--worker", json.dumps(spec)], env=env)
 
 

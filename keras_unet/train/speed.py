@@ -213,13 +213,14 @@ def jit_inputs(config, planned_steps: int, measured: dict, flags, cores: int) ->
     measured: the speed cache's entry for this machine and shape ({"plain": {...}, "xla": {...}}, or {})."""
     plain, xla = measured.get("plain") or {}, measured.get("xla") or {}
     step = plain.get("step_seconds") or estimated_step_seconds(config, cores)
+    avx2_only = "avx2" in flags and "avx512f" not in flags
     if plain.get("step_seconds") and xla.get("step_seconds"):
         saving, saving_from = 1.0 - xla["step_seconds"] / plain["step_seconds"], "measured"
     elif config.precision == "mixed_bfloat16":
         saving, saving_from = XLA_STEP_SAVING_BF16, "bf16 constant: XLA measured slower than oneDNN's bf16 step"
-    elif "avx2" in flags and "avx512f" not in flags and unet_work(config)[0] < XLA_MIN_GFLOP * 1e9:
+    elif avx2_only and unet_work(config)[0] < XLA_MIN_GFLOP * 1e9:
         saving, saving_from = 0.0, f"a U-Net under {XLA_MIN_GFLOP:g} GFLOP an image: XLA measured slower there"
-    elif "avx2" in flags and "avx512f" not in flags:
+    elif avx2_only:
         saving, saving_from = XLA_STEP_SAVING, "AVX2 constant"
     elif "avx512f" in flags:
         saving, saving_from = XLA_STEP_SAVING_AVX512, "AVX-512 constant: XLA measured slower than oneDNN's step"

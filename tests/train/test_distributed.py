@@ -125,8 +125,7 @@ TWO_DEVICES = textwrap.dedent('''
     from keras_unet.train.distributed import DistributedLoop, distribute
     from keras_unet.train.run import compile_model
 
-    config = merge(Config(classes=["a", "b"], image_size=32, batch_size=4, epochs=1, learning_rate=0.01,
-                          precision="float32"),  # exact sums: auto would be bf16 on a bf16 CPU
+    config = merge(Config(classes=["a", "b"], image_size=32, batch_size=4, epochs=1, learning_rate=0.01),
                    {"model.depth": 2, "model.base_filters": 4})  # batch normalisation on, as by default
     rng = np.random.default_rng(0)
     x = rng.random((4, 32, 32, 1), dtype=np.float32)
@@ -181,8 +180,7 @@ TWO_WORKERS = textwrap.dedent('''
     from keras_unet.train.run import compile_model
 
     strategy = multi_worker_strategy(read_tf_config(), timeout=120)  # TF_CONFIG from the environment
-    config = merge(Config(classes=["a", "b"], image_size=32, batch_size=4, epochs=1, learning_rate=0.01,
-                          precision="float32"),  # exact sums: auto would be bf16 on a bf16 CPU
+    config = merge(Config(classes=["a", "b"], image_size=32, batch_size=4, epochs=1, learning_rate=0.01),
                    {"model.depth": 2, "model.base_filters": 4})  # batch normalisation on, as by default
     rng = np.random.default_rng(0)
     x = rng.random((4, 32, 32, 1), dtype=np.float32)
