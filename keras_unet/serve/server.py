@@ -58,8 +58,18 @@ def url_of(sock: socket.socket) -> str:
 
 
 def run(app, sock: socket.socket, connections: int) -> None:
-    """Serve app on the socket until interrupted (Ctrl+C or SIGTERM); connections: uvicorn's 503 backstop."""
+    """Serve app on the socket until interrupted (Ctrl+C or SIGTERM); connections: uvicorn's 503 backstop.
+
+    Ends as the signal says, whichever way uvicorn and asyncio hand it back: KeyboardInterrupt for SIGINT (exit code
+    130 from the command), SystemExit(143) for SIGTERM."""
     import uvicorn
+
+    class Server(uvicorn.Server):
+        stopped_by = 0
+
+        def handle_exit(self, sig, frame):
+            self.stopped_by = self.stopped_by or sig
+            super().handle_exit(sig, frame)
 
     config = uvicorn.Config(app, log_level="warning", access_log=False, limit_concurrency=connections,
                             timeout_keep_alive=5, lifespan="off")
@@ -67,11 +77,18 @@ def run(app, sock: socket.socket, connections: int) -> None:
     # the process at once, so the caller's clean-up and its "server stopped" would never run
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminated) if main else None
+    server = Server(config)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        server.run(sockets=[sock])
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous)
+    # uvicorn raises the signal it caught once more after its shutdown, and asyncio's runner turns a SIGINT into a
+    # task cancel first; the exit code does not rest on that chain (a CI run once saw code 0 after Ctrl+C)
+    if server.stopped_by == signal.SIGINT:
+        raise KeyboardInterrupt
+    if server.stopped_by:
+        _terminated(server.stopped_by, None)
 
 
 def _terminated(signum, frame):

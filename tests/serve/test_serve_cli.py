@@ -1,5 +1,6 @@
 """`keras-unet serve`'s refusals before it loads anything: an address beyond this machine without a token, a taken
-port, bad limits, and the serve extra missing (one line, while `keras-unet --help` still works)."""
+port, bad limits, and the serve extra missing (one line, while `keras-unet --help` still works); and the exit
+code a stop by Ctrl+C or SIGTERM leaves."""
 
 from __future__ import annotations
 
@@ -65,3 +66,42 @@ def test_without_the_serve_extra_help_works_and_serve_says_what_to_install(tmp_p
     assert "serve     serve a model" in out.stdout and "--concurrency" in out.stdout
     assert out.stderr.strip() == ("error: the model server needs FastAPI and uvicorn (No module named 'fastapi'): "
                                   "pip install 'keras_unet[serve]'")
+
+
+STOP_SCRIPT = r"""
+import os, signal, socket, sys, threading, time
+from keras_unet.serve.server import listen, run
+
+if sys.argv[2] == "swallowed":  # uvicorn's re-raise of the caught signal lost on the way, as CI once saw
+    signal.raise_signal = lambda sig: None
+sock = listen("127.0.0.1", 0)
+
+async def app(scope, receive, send):
+    pass
+
+def stop_when_listening():
+    for _ in range(400):
+        try:
+            socket.create_connection(sock.getsockname()[:2], timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    time.sleep(0.2)
+    os.kill(os.getpid(), int(sys.argv[1]))
+
+threading.Thread(target=stop_when_listening, daemon=True).start()
+try:
+    run(app, sock, connections=4)
+except KeyboardInterrupt:
+    sys.exit(130)
+sys.exit(0)
+"""
+
+
+@pytest.mark.parametrize("reraise", ["kept", "swallowed"])
+@pytest.mark.parametrize("sig, code", [(2, 130), (15, 143)])
+def test_the_server_ends_as_the_signal_that_stopped_it_says(sig, code, reraise):
+    pytest.importorskip("uvicorn")
+    done = subprocess.run([sys.executable, "-c", STOP_SCRIPT, str(sig), reraise], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == code, done.stderr[-2000:]

@@ -32,7 +32,7 @@ def server():
 
     with ServerProcess(["--model", MODEL, "--port", "0", "--token", TOKEN]) as running:
         yield running
-    assert running.process.returncode == 130  # Ctrl+C, as for every command
+    assert running.process.returncode == 130, running.output[-8:]  # Ctrl+C, as for every command
     assert running.output[-2:] == ["server stopped", "interrupted"]
     assert not [line for line in running.output if "Traceback" in line]
 
