@@ -16,6 +16,7 @@ import argparse
 import collections
 import cProfile
 import functools
+import statistics
 import sys
 import tempfile
 import time
@@ -47,6 +48,17 @@ def timed_hooks(callbacks, totals):
             setattr(cb, hook, wrapper)
 
 
+def epoch_start_steps(calls):
+    """The seconds of each epoch's first train-function call and of its other calls, epoch 0 of every fit left out
+    (tracing, compilation). calls: (fit, epoch, seconds) in the order they ran."""
+    first, rest, previous = [], [], None
+    for fit, epoch, seconds in calls:
+        if epoch > 0:
+            (first if (fit, epoch) != previous else rest).append(seconds)
+        previous = (fit, epoch)
+    return first, rest
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="2 epochs (default 4)")
@@ -66,7 +78,7 @@ def main(argv=None) -> int:
     from keras_unet.train.run import train
 
     totals = collections.defaultdict(float)
-    steps = {"seconds": 0.0, "count": 0}
+    steps = {"seconds": 0.0, "count": 0, "calls": []}  # calls: (epoch, seconds) of every train-function call
     original_fit = keras.Model.fit
 
     def fit(self, *a, callbacks=None, **k):
@@ -85,7 +97,9 @@ def main(argv=None) -> int:
                 try:
                     return function(iterator)
                 finally:
-                    steps["seconds"] += time.perf_counter() - start
+                    seconds = time.perf_counter() - start
+                    steps["seconds"] += seconds
+                    steps["calls"].append((*epoch, seconds))
                     steps["count"] += 1
                     if args.profile and steps["count"] == epoch_steps[0] + 1:
                         tf.profiler.experimental.start(args.profile)
@@ -100,7 +114,14 @@ def main(argv=None) -> int:
         return original_fit(self, *a, callbacks=callbacks, **k)
 
     keras.Model.fit = fit
-    epoch_steps = [4]
+    epoch_steps, epoch = [4], [-1, 0]  # epoch: (the fit, its epoch) now running
+    original_begin = keras.callbacks.CallbackList.on_epoch_begin
+
+    def on_epoch_begin(self, index, logs=None):
+        epoch[:] = [epoch[0] + (index == 0), index]
+        return original_begin(self, index, logs)
+
+    keras.callbacks.CallbackList.on_epoch_begin = on_epoch_begin
     with tempfile.TemporaryDirectory(prefix="bench_loop_") as folder:
         overrides = {"model.base_filters": args.base_filters, "image_size": args.image_size,
                      "jit_compile": {"true": True, "false": False}.get(args.jit_compile, "auto")}
@@ -122,6 +143,11 @@ def main(argv=None) -> int:
                     f"{args.epochs} epochs, jit_compile {config.jit_compile}")
     report.line(f"run {wall:.1f} s, fit {result['train_seconds']:.1f} s; {steps['count']} train-function calls "
                 f"{steps['seconds']:.1f} s")
+    first, rest = epoch_start_steps(steps["calls"])
+    if first and rest:
+        a, b = statistics.median(first), statistics.median(rest)
+        report.line(f"  first step of an epoch (epochs 2+ of each fit, median of {len(first)}) {a:.3f} s, other steps "
+                    f"{b:.3f} s: {a - b:+.3f} s an epoch start")
     for (name, hook), seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
         report.line(f"  {name:20s} {hook:22s} {seconds:8.3f} s")
     hooks = sum(totals.values())

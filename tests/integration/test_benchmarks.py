@@ -113,3 +113,16 @@ def test_jit_compile_setting_is_checked():
     for value in ("yes", 1, None):
         with pytest.raises(ConfigError, match="jit_compile"):
             Config(jit_compile=value).validate()
+
+
+def test_epoch_start_steps_splits_each_epochs_first_call_and_leaves_out_every_fits_first_epoch():
+    from loop_overhead import epoch_start_steps
+
+    calls = [(0, 0, 9.0), (0, 0, 1.0),  # fit 0, epoch 0: tracing, left out
+             (0, 1, 1.5), (0, 1, 1.0), (0, 1, 1.1),
+             (0, 2, 1.6), (0, 2, 0.9),
+             (1, 0, 7.0),  # fit 1 (the refine stage), epoch 0: left out
+             (1, 1, 2.5), (1, 1, 2.0)]
+    first, rest = epoch_start_steps(calls)
+    assert first == [1.5, 1.6, 2.5]
+    assert rest == [1.0, 1.1, 0.9, 2.0]
