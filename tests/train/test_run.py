@@ -302,6 +302,7 @@ def test_refine_blend_is_checked():
     config.validate()
 
 
+@pytest.mark.slow  # 31 s: the default suite stays under 10 minutes on slower CPUs; .ci/run runs it with the slow tests
 def test_self_training_trains_a_teacher_labels_the_unlabelled_images_and_resumes(small_data, tmp_path):
     unlabelled = tmp_path / "unlabelled"
     unlabelled.mkdir()
