@@ -70,9 +70,21 @@ class PostprocessConfig:
     min_areas: dict = field(default_factory=dict)  # per-class override of min_area: {class: pixels}
     fill_holes: object = True  # true: every class, false: none, or a list of the classes whose holes are filled
     tta: bool = True  # average with the horizontal flip (left/right classes swapped)
+    # with tta, also average views shifted by this fraction of the network input up, down, left and right (0: none)
+    tta_shift: float = 0.0
+    tta_scales: list = field(default_factory=list)  # with tta, also views zoomed about the centre by these factors
     # training chooses keep_largest and fill_holes per class from the training masks where the user set none
     # (imaging.postprocess.auto_postprocess) and writes the choice into config.json; false: the settings as given
     auto: bool = True
+
+
+def view_checks(shift, scales, prefix: str = "") -> list:
+    """(ok, message) pairs for the extra TTA views: a shift in [0, 0.25), zoom factors in [0.5, 2] other than 1."""
+    return [(isinstance(shift, (int, float)) and 0.0 <= shift < 0.25, f"{prefix}tta_shift must be in [0, 0.25), "
+             f"got {shift!r}"),
+            (isinstance(scales, list) and all(isinstance(s, (int, float)) and 0.5 <= s <= 2.0 and s != 1
+                                              for s in scales),
+             f"{prefix}tta_scales must be a list of zoom factors in [0.5, 2] other than 1, got {scales!r}")]
 
 
 @dataclass
@@ -197,6 +209,7 @@ class Config:
             (isinstance(self.postprocess.fill_holes, bool) or (isinstance(self.postprocess.fill_holes, list) and all(
                 isinstance(c, str) for c in self.postprocess.fill_holes)),
              f"postprocess.fill_holes must be true, false or a list of classes, got {self.postprocess.fill_holes!r}"),
+            *view_checks(self.postprocess.tta_shift, self.postprocess.tta_scales, "postprocess."),
             *self.pretrain_checks(),
             *self.refine_checks(),
             (self.self_train.epochs >= 1, f"self_train.epochs must be at least 1, got {self.self_train.epochs}"),

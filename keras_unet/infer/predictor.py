@@ -7,7 +7,8 @@ one. numpy and OpenCV only.
 Every runtime goes through the same steps, so thresholds and scores do not depend on the runtime:
 `preprocess.prepare` (normalise, letterbox to the square network input), the network, then `preprocess.unletterbox`
 back to the image's original size. Test-time augmentation (TTA) averages that with the same steps run on the
-horizontally flipped image, whose output is flipped back and has its left_*/right_* channels swapped.
+horizontally flipped image, whose output is flipped back and has its left_*/right_* channels swapped, and, where the
+run's `postprocess.tta_shift` / `tta_scales` ask for them, with shifted and zoomed views of each (`imaging.tta`).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import dataclasses
 import numpy as np
 
 from keras_unet.classes import flip_permutation, parse_classes
-from keras_unet.config import Config, PostprocessConfig
+from keras_unet.config import Config, PostprocessConfig, view_checks
 from keras_unet.errors import ConfigError, KerasUnetError
 from keras_unet.imaging import crops
 from keras_unet.imaging.postprocess import class_min_areas, class_thresholds, clean_masks, threshold
 from keras_unet.imaging.preprocess import normalize, prepare, unletterbox
+from keras_unet.imaging.tta import merge_views, view_matrices, warp
 
 
 class Predictor:
@@ -34,12 +36,15 @@ class Predictor:
         self.source = str(source)
         self.flip = flip_permutation(self.classes)
 
-    def predict_probs(self, image: np.ndarray, tta: bool | None = None, normalized: bool = False) -> np.ndarray:
+    def predict_probs(self, image: np.ndarray, tta: bool | None = None, normalized: bool = False,
+                      views: tuple | None = None) -> np.ndarray:
         """(H, W, C) float32 probabilities at the image's original size; tta None uses the run's setting.
 
-        normalized: the image is already mapped to [0, 1] (a crop of a normalised image), not a raw one."""
+        normalized: the image is already mapped to [0, 1] (a crop of a normalised image), not a raw one.
+        views: (tta_shift, tta_scales) of the extra views with tta (`tta_views`); None: the run's."""
         tta = self.config.postprocess.tta if tta is None else tta
-        probs = [unletterbox(out, box) for out, box in self._views(image, tta, normalized)]
+        views = tta_views(self.config.postprocess) if views is None else views
+        probs = [unletterbox(out, box) for out, box in self._views(image, tta, normalized, views)]
         if len(probs) == 1:
             return probs[0]
         flipped_back = probs[1][:, ::-1][..., self.flip]
@@ -48,7 +53,7 @@ class Predictor:
     def segment(self, image: np.ndarray, postprocess: PostprocessConfig | None = None):
         """(probabilities, uint8 0/1 masks), both (H, W, C), cleaned with the run's settings unless given."""
         settings = self.config.postprocess if postprocess is None else postprocess
-        probs = self.predict_probs(image, tta=settings.tta)
+        probs = self.predict_probs(image, tta=settings.tta, views=tta_views(settings))
         return probs, clean_masks(probs, self.classes, settings)
 
     def predict_passes(self, image: np.ndarray, tta: bool = True) -> list[np.ndarray]:
@@ -65,13 +70,18 @@ class Predictor:
             passes[1] = passes[1][:, ::-1][..., self.flip]
         return [np.ascontiguousarray(p, dtype=np.float32) for p in passes]
 
-    def _views(self, image, tta: bool, normalized: bool = False) -> list:
-        """(network output, letterbox) for the image and, with tta and a full left/right pairing, its mirror."""
+    def _views(self, image, tta: bool, normalized: bool = False, views: tuple = (0.0, ())) -> list:
+        """(network output, letterbox) for the image and, with tta and a full left/right pairing, its mirror; with
+        tta and views, each output is the mean over its shifted and zoomed views too (all in one batch)."""
         image = _gray(image)
-        views = [image, image[:, ::-1]] if tta and self.flip is not None else [image]
-        prepared = [prepare(view, self.config, normalized) for view in views]
-        outputs = self._run(np.stack([x for x, _ in prepared]).astype(np.float32))
-        return [(out, box) for out, (_, box) in zip(outputs, prepared)]
+        mirrors = [image, image[:, ::-1]] if tta and self.flip is not None else [image]
+        prepared = [prepare(view, self.config, normalized) for view in mirrors]
+        matrices = view_matrices(self.config.image_size, *views) if tta else []
+        inputs = [x for x, _ in prepared]
+        outputs = self._run(np.stack(inputs + [warp(x, m) for x in inputs for m in matrices]).astype(np.float32))
+        n, k = len(inputs), len(matrices)
+        merged = [merge_views(outputs[i], outputs[n + i * k:n + (i + 1) * k], matrices) for i in range(n)]
+        return [(out, box) for out, (_, box) in zip(merged, prepared)]
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         out = np.asarray(self.network(batch), dtype=np.float32)
@@ -93,12 +103,13 @@ class RefinedPredictor(Predictor):
                                  f"match the classes of {coarse.source} ({', '.join(self.classes)})")
         self.fine = fine
 
-    def predict_probs(self, image: np.ndarray, tta: bool | None = None) -> np.ndarray:
+    def predict_probs(self, image: np.ndarray, tta: bool | None = None, views: tuple | None = None) -> np.ndarray:
         """(H, W, C) probabilities: the whole-image model's, with each refined class replaced (refine.blend 1) or
-        blended with the refine model's inside its crops."""
-        probs = super().predict_probs(image, tta)
+        blended with the refine model's inside its crops; both stages take the same TTA views."""
+        views = tta_views(self.config.postprocess) if views is None else views
+        probs = super().predict_probs(image, tta, views=views)
         found = self.structure_crops(image, probs)
-        patches = [self.fine.predict_probs(cut, tta, normalized=True)[..., 0] for _, _, cut in found]
+        patches = [self.fine.predict_probs(cut, tta, normalized=True, views=views)[..., 0] for _, _, cut in found]
         return self.merge_crops(probs, found, patches)
 
     def structure_crops(self, image: np.ndarray, probs: np.ndarray) -> list:
@@ -137,14 +148,29 @@ def _gray(image) -> np.ndarray:
     return a
 
 
+def tta_views(settings: PostprocessConfig) -> tuple:
+    """(shift, zoom factors) of the extra TTA views that post-processing settings ask for."""
+    return float(settings.tta_shift), tuple(float(s) for s in settings.tta_scales)
+
+
 def postprocess_settings(base: PostprocessConfig, enabled: bool = True, tta: bool = True,
-                         threshold: float | None = None) -> PostprocessConfig:
-    """The run's clean-up settings with command-line switches applied (a threshold replaces per-class ones)."""
+                         threshold: float | None = None, tta_shift: float | None = None,
+                         tta_scales=None) -> PostprocessConfig:
+    """The run's clean-up settings with command-line switches applied (a threshold replaces per-class ones;
+    tta_shift / tta_scales replace the run's extra TTA views)."""
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise ConfigError(f"--threshold must be between 0 and 1, got {threshold}")
     changes = {"enabled": base.enabled and enabled, "tta": base.tta and tta}
     if threshold is not None:
         changes.update(threshold=float(threshold), thresholds={})
+    if tta_shift is not None:
+        changes["tta_shift"] = tta_shift
+    if tta_scales is not None:
+        changes["tta_scales"] = list(tta_scales)
+    wrong = [message for ok, message in view_checks(changes.get("tta_shift", base.tta_shift),
+                                                     changes.get("tta_scales", base.tta_scales), "--") if not ok]
+    if wrong:
+        raise ConfigError(wrong[0].replace("_", "-"))
     return dataclasses.replace(base, **changes)
 
 def select_classes(predictor: Predictor, classes) -> list[str]:
