@@ -3,6 +3,8 @@ the inference options."""
 
 from __future__ import annotations
 
+import argparse
+
 import contextlib
 import importlib.abc
 import importlib.util
@@ -160,19 +162,36 @@ def add_debug_option(parser) -> None:
 
 
 def add_inference_options(parser) -> None:
-    """--model, --no-postprocess, --no-tta, --threshold and --no-refine, shared by evaluate.py and predict.py."""
+    """--model, --no-postprocess, --no-tta, --tta-shift, --tta-scales, --threshold and --no-refine, shared by
+    evaluate.py and predict.py."""
     parser.add_argument("--model", required=True,
                         help="model.keras (or its run folder), a SavedModel folder, a .tflite or an .onnx file")
     parser.add_argument("--no-postprocess", action="store_true", help="threshold only: no small-component "
                         "removal, largest-component selection or hole filling")
-    parser.add_argument("--no-tta", action="store_true", help="no horizontal-flip test-time augmentation")
+    parser.add_argument("--no-tta", action="store_true", help="no test-time augmentation (flip, shifts, zooms)")
+    parser.add_argument("--tta-shift", type=float, metavar="F",
+                        help="also average views moved by F of the network input up, down, left and right "
+                             "(default: the run's postprocess.tta_shift; 0: none)")
+    parser.add_argument("--tta-scales", type=_factors, metavar="A,B",
+                        help="also average views zoomed by these factors, e.g. 0.9,1.1 (default: the run's "
+                             "postprocess.tta_scales; 'none': no zoomed views)")
     parser.add_argument("--threshold", type=float, help="probability threshold for every class (default: the run's)")
     parser.add_argument("--no-refine", action="store_true", help="leave out the run's refine stage (refine/ folder)")
+
+
+def _factors(text: str) -> list:
+    if text.strip().lower() == "none":
+        return []
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.9,1.1, got {text!r}") from None
 
 
 def load_for_inference(args):
     """(predictor, post-processing settings) for parsed inference options."""
     predictor = load_predictor(args.model, refine=not args.no_refine)
     settings = postprocess_settings(predictor.config.postprocess, enabled=not args.no_postprocess,
-                                    tta=not args.no_tta, threshold=args.threshold)
+                                    tta=not args.no_tta, threshold=args.threshold, tta_shift=args.tta_shift,
+                                    tta_scales=args.tta_scales)
     return predictor, settings

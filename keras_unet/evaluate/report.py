@@ -75,13 +75,21 @@ def _link(stem) -> str:
     return f"{OVERLAY_DIR}/{quote(stem)}.png"
 
 
+def _tta_text(post: dict) -> str:
+    if not post["tta"]:
+        return "off"
+    views = ([f"shifts of {post['tta_shift']:g}"] if post.get("tta_shift") else []) + (
+        [f"zooms {', '.join(f'{s:g}' for s in post['tta_scales'])}"] if post.get("tta_scales") else [])
+    return "on" + (f" (flip, {', '.join(views)})" if views else "")
+
+
 def write_report(path, summary, rows, tally=None) -> None:
     """report.md: settings, a table per class, the worst images with their overlays, the sweep."""
     post = summary["settings"]["postprocess"]
     lines = [f"# Evaluation of `{summary['model']}`", "",
              f"Data: `{summary['data']}`, {summary['images']} image(s); classes: {', '.join(summary['classes'])}.",
              f"Threshold {post['threshold']}" + (f" (per class: {post['thresholds']})" if post["thresholds"] else "")
-             + f"; post-processing {'on' if post['enabled'] else 'off'}; TTA {'on' if post['tta'] else 'off'}; "
+             + f"; post-processing {'on' if post['enabled'] else 'off'}; TTA {_tta_text(post)}; "
              + _spacing_text(summary["settings"]),
              f"Images with stray components: {summary['stray_components']['images']}.", ""]
     for name in summary["classes"]:

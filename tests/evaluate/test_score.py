@@ -126,6 +126,25 @@ def test_report_on_the_bundled_sample(tiny_run, tmp_path, capsys):  # noqa: F811
     assert not (out / "overlays" / "stale.png").exists() and not (out / "sweep.csv").exists()
 
 
+def test_the_tta_views_asked_for_are_run_and_reported(tiny_run, tmp_path):  # noqa: F811
+    data = tmp_path / "sample"
+    data.mkdir()
+    for suffix in (".json", ".png"):
+        shutil.copy(SAMPLE_DIR / f"phantom_000{suffix}", data / f"phantom_000{suffix}")
+    argv = ["--model", str(tiny_run / "model.keras"), "--data", str(data), "--spacing", "0.35"]
+    assert evaluate_cli.main([*argv, "--out", str(tmp_path / "flip")]) == 0
+    assert evaluate_cli.main([*argv, "--out", str(tmp_path / "views"), "--tta-shift", "0.03",
+                              "--tta-scales", "0.9,1.1"]) == 0
+    summaries = [json.loads((tmp_path / name / "summary.json").read_text()) for name in ("flip", "views")]
+    flip, views = (s["settings"]["postprocess"] for s in summaries)
+    assert (flip["tta_shift"], flip["tta_scales"]) == (0.0, [])
+    assert (views["tta_shift"], views["tta_scales"]) == (0.03, [0.9, 1.1])
+    assert "TTA on (flip, shifts of 0.03, zooms 0.9, 1.1)" in (tmp_path / "views" / "report.md").read_text()
+    assert "TTA on;" in (tmp_path / "flip" / "report.md").read_text()
+    dice = [s["metrics"]["rib"]["dice"]["mean"] for s in summaries]
+    assert dice[0] != dice[1]  # the extra views changed the probabilities the masks come from
+
+
 def _check_contact_sheet(out, rows):
     """contact_sheet.png: the overlays' thumbnails in a 2 x 2 grid (3 images), lowest mean Dice over classes first."""
     means = {}
