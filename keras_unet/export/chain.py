@@ -107,6 +107,11 @@ def describe(config: Config, fine_config: Config, crops: int) -> dict:
         "blend": config.refine.blend,
         "blend_rule": "inside the crop: blend x refine + (1 - blend) x first stage; outside it the first stage's",
         "tta": config.postprocess.tta,
+        "tta_views": {"shift": config.postprocess.tta_shift, "scales": list(config.postprocess.tta_scales),
+                      "rule": "with tta, each stage also runs its input moved by shift x image_size pixels up, down, "
+                              "left and right and zoomed about the centre by each scale (bilinear, zero fill), maps "
+                              "each output back and averages every pixel over the views that saw it "
+                              "(keras_unet.imaging.tta)"},
         "postprocessing": "keras_unet.imaging.postprocess.clean_masks on the joined probabilities (config.postprocess)",
         "parity_crops": crops,
     }

@@ -132,6 +132,7 @@ def _chain_metadata(tmp_path, entry=None):
 
     config = tiny_config()
     config.refine.enabled, config.refine.image_size, config.refine.blend = True, 32, 0.25
+    config.postprocess.tta_shift, config.postprocess.tta_scales = 0.03, [0.9, 1.1]
     config.out = str(tmp_path / "run")
     fine = config.refine_stage()
     values = {"format_version": 2, "config": config.to_dict(), "refine": describe(config, fine, 3),
@@ -150,6 +151,8 @@ def test_chain_metadata_round_trip(tmp_path):
     assert section["crop"]["margin"] == fine.crops.margin == config.refine.margin
     assert section["blend"] == 0.25 and section["image_size"] == 32 and section["classes"] == CLASSES
     assert section["output"] == ["structure"] and section["tta"] == config.postprocess.tta
+    assert read.postprocess.tta_shift == 0.03  # the views travel in the config too, so a loaded export runs them
+    assert (section["tta_views"]["shift"], section["tta_views"]["scales"]) == (0.03, [0.9, 1.1])
     assert refine_config({"config": {}}, tmp_path) is None  # a single-stage (0.1.0) export
     with pytest.raises(ConfigError, match="refine.*no \"config\" mapping"):
         refine_config({"refine": {"folder": "refine"}}, tmp_path / "metadata.json")
