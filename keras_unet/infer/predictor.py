@@ -80,7 +80,8 @@ class Predictor:
         inputs = [x for x, _ in prepared]
         outputs = self._run(np.stack(inputs + [warp(x, m) for x in inputs for m in matrices]).astype(np.float32))
         n, k = len(inputs), len(matrices)
-        merged = [merge_views(outputs[i], outputs[n + i * k:n + (i + 1) * k], matrices) for i in range(n)]
+        merged = [merge_views(outputs[i], outputs[n + i * k:n + (i + 1) * k], matrices) for i in range(n)] if k else \
+            outputs[:n]
         return [(out, box) for out, (_, box) in zip(merged, prepared)]
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -168,9 +169,10 @@ def postprocess_settings(base: PostprocessConfig, enabled: bool = True, tta: boo
     if tta_scales is not None:
         changes["tta_scales"] = list(tta_scales)
     wrong = [message for ok, message in view_checks(changes.get("tta_shift", base.tta_shift),
-                                                     changes.get("tta_scales", base.tta_scales), "--") if not ok]
+                                                     changes.get("tta_scales", base.tta_scales),
+                                                     ("--tta-shift", "--tta-scales")) if not ok]
     if wrong:
-        raise ConfigError(wrong[0].replace("_", "-"))
+        raise ConfigError(wrong[0])
     return dataclasses.replace(base, **changes)
 
 def select_classes(predictor: Predictor, classes) -> list[str]:
