@@ -78,13 +78,14 @@ class PostprocessConfig:
     auto: bool = True
 
 
-def view_checks(shift, scales, prefix: str = "") -> list:
-    """(ok, message) pairs for the extra TTA views: a shift in [0, 0.25), zoom factors in [0.5, 2] other than 1."""
-    return [(isinstance(shift, (int, float)) and 0.0 <= shift < 0.25, f"{prefix}tta_shift must be in [0, 0.25), "
+def view_checks(shift, scales, names=("tta_shift", "tta_scales")) -> list:
+    """(ok, message) pairs for the extra TTA views: a shift in [0, 0.25), zoom factors in [0.5, 2] other than 1;
+    names: how the messages call the two settings."""
+    return [(isinstance(shift, (int, float)) and 0.0 <= shift < 0.25, f"{names[0]} must be in [0, 0.25), "
              f"got {shift!r}"),
             (isinstance(scales, list) and all(isinstance(s, (int, float)) and 0.5 <= s <= 2.0 and s != 1
                                               for s in scales),
-             f"{prefix}tta_scales must be a list of zoom factors in [0.5, 2] other than 1, got {scales!r}")]
+             f"{names[1]} must be a list of zoom factors in [0.5, 2] other than 1, got {scales!r}")]
 
 
 @dataclass
@@ -209,7 +210,8 @@ class Config:
             (isinstance(self.postprocess.fill_holes, bool) or (isinstance(self.postprocess.fill_holes, list) and all(
                 isinstance(c, str) for c in self.postprocess.fill_holes)),
              f"postprocess.fill_holes must be true, false or a list of classes, got {self.postprocess.fill_holes!r}"),
-            *view_checks(self.postprocess.tta_shift, self.postprocess.tta_scales, "postprocess."),
+            *view_checks(self.postprocess.tta_shift, self.postprocess.tta_scales,
+                        ("postprocess.tta_shift", "postprocess.tta_scales")),
             *self.pretrain_checks(),
             *self.refine_checks(),
             (self.self_train.epochs >= 1, f"self_train.epochs must be at least 1, got {self.self_train.epochs}"),

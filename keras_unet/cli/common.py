@@ -4,7 +4,6 @@ the inference options."""
 from __future__ import annotations
 
 import argparse
-
 import contextlib
 import importlib.abc
 import importlib.util
