@@ -19,6 +19,7 @@ from keras_unet.data.pipeline import AUTOTUNE, augment_example, decode_gray, let
 from keras_unet.errors import ConfigError, DataError, first_line
 from keras_unet.io import images
 from keras_unet.io.files import read_bytes, write_json_atomic
+from keras_unet.model.fused import fuse_batch_norm
 from keras_unet.model.losses import ReconstructionLoss, blanked_mae
 from keras_unet.model.saving import (SourceWeights, differences, layer_weights, match, model_settings, read_source,
                                      save_layer_weights, transfer)
@@ -217,6 +218,7 @@ def run_pretraining(config: Config, out, strategy=None, source: SourceWeights | 
         model = pretrain_model(config)
         if source is not None:
             transfer(model, source, model_settings(config), log, what="pretraining starts from")
+        fuse_batch_norm(model)
         schedule = keras.optimizers.schedules.CosineDecay(p.learning_rate, decay_steps=max(1, p.epochs * steps),
                                                           alpha=0.05)
         model.compile(optimizer=keras.optimizers.Adam(schedule), loss=ReconstructionLoss(p.loss, p.outside_weight),

@@ -30,6 +30,7 @@ from keras_unet.infer.predictor import Predictor
 from keras_unet.infer.runtimes import keras_network
 from keras_unet.io import images
 from keras_unet.io.files import hold_lock, write_json_atomic
+from keras_unet.model.fused import fuse_batch_norm
 from keras_unet.model.losses import get_loss, segmentation_metrics
 from keras_unet.model.saving import load_model
 from keras_unet.model.unet import model_from_config
@@ -148,6 +149,7 @@ def compile_model(config: Config, steps_per_epoch: int, model: keras.Model | Non
     if jit_compile is True:
         xla_memory_scheduler()
     model = model_from_config(config) if model is None else model
+    fuse_batch_norm(model)  # TensorFlow's fused kernel: half the step under bf16 on a CPU (model/fused.py)
     schedule = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=max(1, config.epochs * steps_per_epoch), alpha=0.05)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=get_loss(config.loss),

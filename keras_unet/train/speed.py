@@ -18,7 +18,7 @@ from keras_unet.errors import KerasUnetError
 from keras_unet.io.files import write_json_atomic
 
 SPEED_CACHE = "speed.json"
-SPEED_FORMAT = 1
+SPEED_FORMAT = 2  # 2: steps measured with fused batch normalisation (model/fused.py); older figures are stale
 
 
 @dataclass(frozen=True)

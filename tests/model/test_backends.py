@@ -66,6 +66,12 @@ def _():
     out["dice_score"] = float(score.result())
 
 
+@stage("fuse")
+def _():
+    from keras_unet.model.fused import fuse_batch_norm
+    out["fused_layers"] = fuse_batch_norm(model)  # TensorFlow's fused kernel only: nothing to do on jax
+
+
 @stage("train")
 def _():
     model.compile(keras.optimizers.Adam(1e-2), loss=BceDiceLoss(), metrics=segmentation_metrics(["a", "b"]))
@@ -151,3 +157,9 @@ def test_save_and_safe_mode_load_give_the_same_outputs(jax_run):
     assert path.is_file()
     assert out["loaded_loss"] == "BceDiceLoss"
     assert out["max_output_difference"] <= 1e-6
+
+
+def test_fused_batch_norm_leaves_the_jax_model_alone(jax_run):
+    out = jax_run
+    assert "fuse" not in out["errors"], out["errors"]
+    assert out["fused_layers"] == 0

@@ -216,6 +216,15 @@ def test_cosine_schedule_starts_at_the_learning_rate_and_ends_at_five_percent_of
         assert float(optimizer.learning_rate) == pytest.approx(expected, rel=1e-5), step
 
 
+def test_compile_model_runs_batch_norm_through_the_fused_kernel():
+    from keras_unet.train.run import compile_model
+
+    config = merge(Config(classes=["a"], image_size=32), {"model.depth": 2, "model.base_filters": 4})
+    model = compile_model(config, steps_per_epoch=1, jit_compile=False)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 10 and all(getattr(layer, "_keras_unet_fused", False) for layer in norms)
+
+
 def test_cli_reports_bad_settings_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "train.py", "--image-size", "100", "--out", str(tmp_path / "r")],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
