@@ -16,6 +16,8 @@ in turn for one repetition of `--steps` steps, in an order that rotates, and tak
   keras_xla_concurrent  the same with XLA's default concurrency-optimised scheduler (before that change)
   keras_onednn  TF_ENABLE_ONEDNN_OPTS=1 (TensorFlow's oneDNN kernels; off by default on CPUs without AVX-512)
   keras_bf16    precision mixed_bfloat16 (bf16 convolutions through oneDNN; pays only on avx512_bf16 / AMX CPUs)
+  keras_keras_bn, keras_bf16_keras_bn  the same without keras_unet.model.fused (Keras's own batch normalisation,
+                the training path before the tenth session)
   keras_bf16_xla  mixed_bfloat16 with jit_compile true
   torch         the PyTorch reference
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +40,8 @@ XLA_CONCURRENT = {"XLA_FLAGS": "--xla_cpu_enable_concurrency_optimized_scheduler
 VARIANTS = {  # name: (worker kind, jit_compile, precision, extra environment)
     "keras": ("keras", "auto", "float32", {}),
     "keras_bf16": ("keras", "auto", "mixed_bfloat16", {}),
+    "keras_keras_bn": ("keras", "auto", "float32", {"BENCH_KERAS_BATCH_NORM": "1"}),
+    "keras_bf16_keras_bn": ("keras", "auto", "mixed_bfloat16", {"BENCH_KERAS_BATCH_NORM": "1"}),
     "keras_bf16_xla": ("keras", True, "mixed_bfloat16", {}),
     "keras_xla": ("keras", True, "float32", {}),
     "keras_xla_concurrent": ("keras", True, "float32", XLA_CONCURRENT),
@@ -141,6 +146,9 @@ def keras_worker(spec: dict) -> None:
     samples = samples_in(spec["folder"])
     keras.utils.set_random_seed(config.seed)
     keras.config.set_dtype_policy(config.precision)  # as keras_unet.train.run does before building the model
+    if os.environ.get("BENCH_KERAS_BATCH_NORM"):
+        import keras_unet.train.run as run_module
+        run_module.fuse_batch_norm = lambda model: 0  # Keras's own BatchNormalization call, for the comparison
     model = compile_model(config, spec["steps"], model_from_config(config))
     dataset = make_dataset(samples, config, training=True)  # one epoch = `steps` batches
     timer = StepTimer()
@@ -260,6 +268,10 @@ def measure(report, folder, size, base, args, threads):
     for bf16, float32 in (("keras_bf16", "keras"), ("keras_bf16_xla", "keras_xla")):
         if bf16 in rates and float32 in rates:  # issue 23's bf16 target: >= 1.5x float32 images/s in one run
             report.ratio(f"train_{bf16.removeprefix('keras_')}_vs_float32_{suffix}", rates[bf16] / rates[float32])
+    for fused, plain in (("keras", "keras_keras_bn"), ("keras_bf16", "keras_bf16_keras_bn")):
+        if fused in rates and plain in rates:  # what keras_unet.model.fused buys in the same run
+            report.ratio(f"train_fused_bn_vs_keras_bn_{fused.removeprefix('keras').lstrip('_') or 'float32'}_{suffix}",
+                         rates[fused] / rates[plain])
 
 
 def parse_args(argv=None):
