@@ -36,11 +36,11 @@ def _batch_norm_layers(model):
 
 
 def _fused_call(layer, keras_call):
-    """layer.call through tf.compat.v1.nn.fused_batch_norm, Keras's call for a mask."""
+    """layer.call through tf.compat.v1.nn.fused_batch_norm; Keras's call for a mask or a synchronized layer."""
     import tensorflow as tf
 
     def call(inputs, training=None, mask=None):
-        if mask is not None:
+        if mask is not None or layer.synchronized:  # synchronized: the global batch's statistics (train.distributed)
             return keras_call(inputs, training=training, mask=mask)
         channels = inputs.shape[-1]
         gamma = layer.gamma if layer.scale else tf.ones((channels,), "float32")

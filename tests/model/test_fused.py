@@ -108,3 +108,15 @@ def test_unet_layers_are_fused_once_and_saved_as_stock_keras(tmp_path):
 
 def test_a_unet_without_batch_norm_has_nothing_to_fuse():
     assert fuse_batch_norm(build_unet(2, depth=2, base_filters=4, batch_norm=False)) == 0
+
+
+def test_a_synchronized_layer_keeps_keras_call_for_the_global_batch_statistics():
+    from keras_unet.model.fused import _fused_call
+
+    layer = pair()[1].layers[1]
+    calls = []
+    fused = _fused_call(layer, lambda inputs, training=None, mask=None: calls.append(training) or "keras")
+    layer.synchronized = True  # as train.distributed sets it while a step over several replicas is traced
+    assert fused(sample(), training=True) == "keras" and calls == [True]
+    layer.synchronized = False
+    assert fused(sample(), training=True).shape == (4, 5, 6, 3) and calls == [True]
