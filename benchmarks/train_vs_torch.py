@@ -268,10 +268,9 @@ def measure(report, folder, size, base, args, threads):
     for bf16, float32 in (("keras_bf16", "keras"), ("keras_bf16_xla", "keras_xla")):
         if bf16 in rates and float32 in rates:  # issue 23's bf16 target: >= 1.5x float32 images/s in one run
             report.ratio(f"train_{bf16.removeprefix('keras_')}_vs_float32_{suffix}", rates[bf16] / rates[float32])
-    for fused, plain in (("keras", "keras_keras_bn"), ("keras_bf16", "keras_bf16_keras_bn")):
+    for fused, plain, precision in (("keras", "keras_keras_bn", "float32"), ("keras_bf16", "keras_bf16_keras_bn", "bf16")):
         if fused in rates and plain in rates:  # what keras_unet.model.fused buys in the same run
-            report.ratio(f"train_fused_bn_vs_keras_bn_{fused.removeprefix('keras').lstrip('_') or 'float32'}_{suffix}",
-                         rates[fused] / rates[plain])
+            report.ratio(f"train_fused_bn_vs_keras_bn_{precision}_{suffix}", rates[fused] / rates[plain])
 
 
 def parse_args(argv=None):

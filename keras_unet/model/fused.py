@@ -17,15 +17,12 @@ def fuse_batch_norm(model: keras.Model) -> int:
     A no-op (0) on another backend. Outputs, gradients and the moving statistics match Keras's own layer."""
     if keras.backend.backend() != "tensorflow":
         return 0
-    count = 0
-    for layer in _batch_norm_layers(model):
-        if getattr(layer, "_keras_unet_fused", False):
-            count += 1
-            continue
-        layer.call = _fused_call(layer, layer.call)
-        layer._keras_unet_fused = True
-        count += 1
-    return count
+    layers = list(_batch_norm_layers(model))
+    for layer in layers:
+        if not getattr(layer, "_keras_unet_fused", False):
+            layer.call = _fused_call(layer, layer.call)
+            layer._keras_unet_fused = True
+    return len(layers)
 
 
 def _batch_norm_layers(model):
